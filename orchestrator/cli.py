@@ -1,0 +1,41 @@
+"""The ``adder-sweep`` command line. Each subcommand lives in its own module and registers itself here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import train_cmd
+
+    parser = argparse.ArgumentParser(prog="adder-sweep", description="Hyperparameter sweeps of an RNN adder on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train_cmd.register(sub)
+    for name in ("sweep_cmd", "report_cmd"):
+        try:
+            module = __import__(f"orchestrator.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"orchestrator.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainables.config import ConfigError
+    from trainables.loop import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError, CheckpointError) as exc:
+        print(f"adder-sweep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The plain training loop and its checkpoints. Nothing in this file knows about Ray.
+
+``train(config, report, resume_from)`` runs Adam on fresh batches, evaluates every ``eval_every`` iterations on
+a fixed evaluation set, and calls ``report(metrics, checkpoint)`` after each evaluation, where ``checkpoint()``
+returns the full training state as one dict (built only when the caller asks for it). Resuming from such a dict
+gives bit-identical weights and metrics to an uninterrupted run on the same machine (CPU).
+
+Host synchronisation happens only at reports: the training loss is accumulated on the device.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import eval_set, train_batch
+from .model import AdderNet
+
+CHECKPOINT_FORMAT = "adder-sweep-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+Report = Callable[[dict, Callable[[], dict]], None]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not an adder-sweep checkpoint."""
+
+
+def resolve_device(requested: str, gpus_assigned: Optional[int] = None) -> torch.device:
+    """The device a run uses. ``gpus_assigned`` (from a scheduler such as Ray) overrides ``auto``:
+    a trial given a GPU uses CUDA, one given none uses the CPU."""
+    if requested == "auto":
+        if gpus_assigned is not None:
+            return torch.device("cuda" if gpus_assigned > 0 else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was requested but torch sees no CUDA device")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device mps was requested but torch sees no MPS device")
+    return torch.device(requested)
+
+
+def exact_match(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of sequences with every digit right."""
+    return (pred == target).all(dim=1).float().mean()
+
+
+def digit_match(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of digits right."""
+    return (pred == target).float().mean()
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    o = config.optim
+    if o.schedule != "plateau":
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=o.plateau_factor, patience=o.plateau_patience,
+        threshold=o.plateau_threshold, min_lr=o.plateau_min_lr)
+
+
+@torch.no_grad()
+def evaluate(model: AdderNet, sets: dict[int, Any]) -> dict[int, tuple[float, float]]:
+    """exact and digit accuracy per evaluation length."""
+    model.eval()
+    out = {}
+    for length, batch in sets.items():
+        pred = model.predict(batch.a, batch.b)
+        out[length] = (exact_match(pred, batch.target).item(), digit_match(pred, batch.target).item())
+    model.train()
+    return out
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Optional[dict] = None,
+          *, gpus_assigned: Optional[int] = None) -> dict:
+    """Train an AdderNet; returns a summary (status, iters, iters_to_solve, final and best metrics)."""
+    config.validate()
+    m, d, o, r = config.model, config.data, config.optim, config.run
+    device = resolve_device(r.device, gpus_assigned)
+    if r.threads > 0:
+        torch.set_num_threads(r.threads)
+
+    torch.manual_seed(r.seed)
+    random.seed(r.seed)
+    model = AdderNet.from_config(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
+    scheduler = make_scheduler(config, optimizer)
+    loss_fn = nn.CrossEntropyLoss()
+
+    it = 0
+    best: dict[str, Any] = {}
+    last: dict[str, Any] = {}
+    iters_to_solve = None
+    elapsed = 0.0  # training wall seconds, carried across resumes
+    if resume_from is not None:
+        ckpt_cfg = resume_from["config"]
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        if scheduler is not None and resume_from.get("scheduler") is not None:
+            scheduler.load_state_dict(resume_from["scheduler"])
+        if ckpt_cfg.get("lr") != o.lr:
+            # A new lr in the config (PBT's exploit, or a user's explicit change) replaces the checkpoint's.
+            for group in optimizer.param_groups:
+                group["lr"] = o.lr
+        it = int(resume_from["iter"])
+        best = dict(resume_from.get("best", {}))
+        last = dict(resume_from.get("last", {}))
+        iters_to_solve = resume_from.get("iters_to_solve")
+        elapsed = float(resume_from.get("elapsed", 0.0))
+        _set_rng_state(resume_from["rng"])
+
+    lengths = [d.digits] + [L for L in d.eval_lengths if L != d.digits]
+    sets = {L: eval_set(d.mode, L, d.eval_size, r.seed, device) for L in lengths}
+
+    def checkpoint() -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_flat(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "iter": it,
+            "rng": _rng_state(),
+            "best": best,
+            "last": last,
+            "iters_to_solve": iters_to_solve,
+            "elapsed": elapsed,
+        }
+
+    status = "solved" if (last and last.get("exact_acc", 0) >= r.target) else "running"
+    window_loss = torch.zeros((), device=device)
+    window_n = 0
+    t0 = time.perf_counter()
+    model.train()
+    while status == "running" and it < r.iters:
+        batch = train_batch(d.mode, d.digits, d.batch_size, r.seed, it, device)
+        logits = model(batch.a, batch.b)
+        loss = loss_fn(logits.reshape(-1, 10), batch.target.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        window_loss += loss.detach()
+        window_n += 1
+        it += 1
+        if it % r.eval_every and it < r.iters:
+            continue
+
+        mean_loss = (window_loss / window_n).item()  # the one host sync per report
+        if not math.isfinite(mean_loss):
+            status = "diverged"
+            break
+        acc = evaluate(model, sets)
+        now = time.perf_counter()
+        elapsed += now - t0
+        metrics = {
+            "iter": it,
+            "loss": mean_loss,
+            "exact_acc": acc[d.digits][0],
+            "digit_acc": acc[d.digits][1],
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": window_n * d.batch_size / max(now - t0, 1e-9),
+            "time_s": elapsed,
+        }
+        for L in lengths[1:]:
+            metrics[f"exact_acc@{L}"] = acc[L][0]
+            metrics[f"digit_acc@{L}"] = acc[L][1]
+        if scheduler is not None:
+            scheduler.step(mean_loss)
+        last = metrics
+        for k in ("exact_acc", "digit_acc"):
+            best[k] = max(best.get(k, 0.0), metrics[k])
+        best["loss"] = min(best.get("loss", math.inf), mean_loss)
+        if metrics["exact_acc"] >= r.target:
+            status = "solved"
+            iters_to_solve = it
+        elif it >= r.iters:
+            status = "budget"
+        metrics["status"] = status
+        metrics["iters_to_solve"] = iters_to_solve
+        if report is not None:
+            report(metrics, checkpoint)
+        window_loss = torch.zeros((), device=device)
+        window_n = 0
+        t0 = time.perf_counter()
+
+    if status == "running":
+        status = "budget"
+    summary = {
+        "status": status,
+        "iters": it,
+        "iters_to_solve": iters_to_solve,
+        "final": last,
+        "best": best,
+        "wall_s": elapsed,
+        "device": str(device),
+    }
+    if status == "diverged" and report is not None:
+        # The diverged state is not checkpointed: the last finite checkpoint stays the latest one.
+        report({**last, "iter": it, "status": "diverged", "iters_to_solve": iters_to_solve}, None)
+    summary["model"] = model
+    return summary
+
+
+# -- checkpoint files ------------------------------------------------------------------------------------
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file, or the checkpoint inside a run/checkpoint directory."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / CHECKPOINT_FILE, path / "checkpoint" / CHECKPOINT_FILE]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise CheckpointError(f"{path}: no {CHECKPOINT_FILE} in this directory; is it an adder-sweep run?")
+        path = found
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle errors, ...
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {exc}); "
+                              "it may be truncated -- resume from an earlier checkpoint or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AdderNet:
+    """An AdderNet from a run directory or checkpoint file; the architecture comes from the checkpoint."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_flat(state["config"], source=str(path))
+    model = AdderNet.from_config(config)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

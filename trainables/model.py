@@ -1,0 +1,61 @@
+"""AdderNet: digit embeddings of two operands -> recurrent cell -> per-step digit classifier."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .data import digits_to_int, int_to_digits, sequence_length
+
+_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class AdderNet(nn.Module):
+    def __init__(self, cell: str = "rnn", layers: int = 2, hidden: int = 64, embed: int = 32,
+                 mode: str = "full", digits: int = 11):
+        super().__init__()
+        if cell not in _CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(_CELLS)}")
+        self.cell, self.mode, self.digits = cell, mode, digits
+        self.embed = nn.Embedding(10, embed)
+        self.rnn = _CELLS[cell](2 * embed, hidden, num_layers=layers, batch_first=True)
+        self.dense = nn.Linear(hidden, 10)
+
+    @classmethod
+    def from_config(cls, config) -> "AdderNet":
+        m, d = config.model, config.data
+        return cls(m.cell, m.layers, m.hidden, m.embed, d.mode, d.digits)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, T) digits of each operand -> (B, T, 10) logits of the sum's digits."""
+        x = torch.cat([self.embed(a), self.embed(b)], dim=-1)
+        out, _ = self.rnn(x)
+        return self.dense(out)
+
+    @torch.no_grad()
+    def predict(self, a: torch.Tensor, b: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+        """Argmax digits, evaluated in chunks so long sequences fit in memory."""
+        return torch.cat([self(a[i:i + chunk], b[i:i + chunk]).argmax(-1) for i in range(0, a.shape[0], chunk)])
+
+    @torch.no_grad()
+    def add(self, a: int, b: int) -> int:
+        """Add two non-negative Python ints of any size through the model."""
+        if a < 0 or b < 0:
+            raise ValueError("AdderNet.add takes non-negative integers")
+        n = _ndigits(max(a, b))
+        # Pad at least to the length the model was trained on: leading zeros are what it has seen.
+        T = max(n + 1, sequence_length(self.mode, self.digits))
+        dev = next(self.parameters()).device
+        ta = torch.tensor([int_to_digits(a, T)], device=dev)
+        tb = torch.tensor([int_to_digits(b, T)], device=dev)
+        was_training = self.training
+        self.eval()
+        try:
+            return digits_to_int(self.predict(ta, tb)[0])
+        finally:
+            self.train(was_training)
+
+
+def _ndigits(x: int) -> int:
+    from .data import _str_from_int
+
+    return len(_str_from_int(x))
