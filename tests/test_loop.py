@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from trainables import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from trainables.loop import CheckpointError, resolve_device
+
+TINY = {"cell": "rnn", "digits": 5, "iters": 600, "eval_every": 50, "eval_size": 500, "seed": 1}
+
+
+def test_learns_five_digit_addition():
+    """A real run: rnn, 5 digits, a few hundred iterations reaches exact accuracy >= 0.95."""
+    reports = []
+    summary = train(TrainConfig.from_flat({**TINY, "target": 0.95}), report=lambda m, c: reports.append(m))
+    assert summary["status"] == "solved"
+    assert summary["final"]["exact_acc"] >= 0.95
+    first = next(r["iter"] for r in reports if r["exact_acc"] >= 0.95)
+    assert summary["iters_to_solve"] == first == reports[-1]["iter"]
+    assert {"iter", "loss", "exact_acc", "digit_acc", "lr", "samples_per_s"} <= reports[0].keys()
+    assert reports[0]["loss"] > reports[-1]["loss"]
+    model = summary["model"]
+    assert model.add(12345, 67890) == 80235
+
+
+def test_budget_status_and_eval_lengths():
+    summary = train(TrainConfig.from_flat({**TINY, "iters": 100, "eval_lengths": [8], "target": 1.5}))
+    assert summary["status"] == "budget" and summary["iters"] == 100 and summary["iters_to_solve"] is None
+    assert "exact_acc@8" in summary["final"]
+
+
+def test_diverging_run_keeps_last_finite_metrics():
+    reports = []
+    # Adam normalises its steps, so only an absurd lr drives the loss to inf/nan within a few reports.
+    cfg = TrainConfig.from_flat({**TINY, "lr": 1e22, "iters": 300, "eval_every": 5, "target": 1.5})
+    summary = train(cfg, report=lambda m, c: reports.append(m))
+    assert summary["status"] == "diverged" and summary["iters"] < 300
+    assert [r["status"] for r in reports][-1] == "diverged" and len(reports) >= 2
+    assert all(math.isfinite(r["loss"]) for r in reports)
+    assert summary["final"] == {k: v for k, v in reports[-2].items()}
+
+
+def test_plateau_schedule_reduces_lr():
+    cfg = TrainConfig.from_flat({**TINY, "schedule": "plateau", "lr": 0.02, "plateau_patience": 0,
+                                 "plateau_threshold": 10.0, "plateau_min_lr": 0.005, "iters": 200, "target": 1.5})
+    lrs = []
+    train(cfg, report=lambda m, c: lrs.append(m["lr"]))
+    assert lrs[0] == 0.02 and lrs[1] == 0.01 and lrs[-1] == 0.005
+
+
+def _strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "time_s")} for r in rows]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = TrainConfig.from_flat({**TINY, "cell": "lstm", "iters": 300, "schedule": "plateau", "lr": 0.01,
+                                 "target": 1.5})
+    full_reports = []
+    full = train(cfg, report=lambda m, c: full_reports.append(m))
+
+    part_reports = []
+
+    def stop_at_150(metrics, checkpoint):
+        part_reports.append(metrics)
+        if metrics["iter"] == 150:
+            save_checkpoint(checkpoint(), tmp_path / "checkpoint.pt")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=stop_at_150)
+    state = load_checkpoint(tmp_path)
+    assert state["iter"] == 150
+    resumed = train(cfg, report=lambda m, c: part_reports.append(m), resume_from=state)
+    assert _strip_timing(part_reports) == _strip_timing(full_reports)
+    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_load_model_and_corrupt_checkpoint(tmp_path):
+    cfg = TrainConfig.from_flat({**TINY, "cell": "gru", "layers": 1, "iters": 50})
+    saved = {}
+    train(cfg, report=lambda m, c: saved.setdefault("state", c()))
+    path = save_checkpoint(saved["state"], tmp_path / "checkpoint.pt")
+    model = load_model(tmp_path)
+    assert model.cell == "gru" and model.rnn.num_layers == 1
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="checkpoint.pt: checkpoint is unreadable"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="missing: no such checkpoint file"):
+        load_model(tmp_path / "missing")
+
+
+def test_device_decision():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto", gpus_assigned=1).type == "cuda"
+    assert resolve_device("auto", gpus_assigned=0).type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
