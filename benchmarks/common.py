@@ -116,19 +116,24 @@ def calls_for(fn: Callable[[], Any], target_s: float, max_calls: int = 1000) -> 
     return max(1, min(max_calls, round(target_s / max(dt, 1e-9))))
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, calls: dict[str, int],
-                sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def interleaved(cases: dict[Any, Callable[[], Any]], repeats: int, calls: dict[Any, int],
+                setup: Optional[dict[Any, Callable[[], None]]] = None,
+                sync: Callable[[], None] = lambda: None) -> dict[Any, list[float]]:
     """Seconds per call of each case, one sample per round and case.
 
     Every round runs each case ``calls[name]`` times back to back; the order rotates by one case per round,
-    so with two cases it alternates A B, B A, A B, ... ``sync`` waits for queued device work (a no-op on CPU).
+    so with two cases it alternates A B, B A, A B, ... ``setup[name]`` (untimed) runs before each block, for
+    process-wide settings such as the thread count; ``sync`` waits for queued device work (a no-op on CPU).
     """
+    setup = setup or {}
     names = list(cases)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             fn, n = cases[name], calls[name]
+            if name in setup:
+                setup[name]()
             sync()
             t0 = time.perf_counter()
             for _ in range(n):

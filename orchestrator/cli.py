@@ -8,19 +8,12 @@ from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import train_cmd
+    from . import sweep_cmd, train_cmd
 
     parser = argparse.ArgumentParser(prog="adder-sweep", description="Hyperparameter sweeps of an RNN adder on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_cmd.register(sub)
-    for name in ("sweep_cmd", "report_cmd"):
-        try:
-            module = __import__(f"orchestrator.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"orchestrator.{name}":
-                raise
-            continue
-        module.register(sub)
+    sweep_cmd.register(sub)
     return parser
 
 

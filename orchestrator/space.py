@@ -1,0 +1,525 @@
+"""Search-space files: load a YAML study description, validate all of it, and build Ray Tune objects.
+
+A file has study keys (``name``, ``metric``, ``scheduler``, ...) and a ``space`` mapping whose keys are the
+training-config fields (``trainables.config``), each a constant or one distribution:
+``{grid: [..]}``, ``{choice: [..]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``
+(hi exclusive), ``{quniform: [lo, hi, q]}``, ``{qrandint: [lo, hi, q]}``.
+
+Everything is checked before anything starts; every problem is reported at once, each naming the file and key.
+Ray is imported only when Tune objects are built.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from trainables.config import ConfigError, TrainConfig, coerce, did_you_mean, field_specs, type_name
+
+from .errors import UserError
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
+METRICS = ("exact_acc", "digit_acc", "loss")
+STOP_KEYS = ("exact_acc", "digit_acc", "iter", "time_s", "time_total_s", "training_iteration")
+SCHEDULER_KNOBS: dict[str, dict[str, type]] = {
+    "fifo": {},
+    "asha": {"max_t": int, "grace_period": int, "reduction_factor": float, "brackets": int},
+    "hyperband": {"max_t": int, "reduction_factor": float, "stop_last_trials": bool},
+    "median": {"grace_period": int, "min_samples_required": int, "min_time_slice": int, "hard_stop": bool},
+    "pbt": {"perturbation_interval": int, "hyperparam_mutations": dict, "quantile_fraction": float,
+            "resample_probability": float},
+}
+# PBT restarts a trial from another's checkpoint, so only keys the loop can change mid-run may be perturbed.
+PERTURBABLE = ("lr", "grad_clip")
+SEARCHERS = ("grid", "random", "optuna")
+STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "stop", "scheduler", "search", "resources",
+              "max_concurrent", "checkpoint_every", "max_failures", "space")
+SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200}
+
+
+class SpaceError(UserError):
+    """A search-space file is invalid. ``problems`` holds (key, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source, self.problems = source, problems
+        if len(problems) == 1:
+            key, msg = problems[0]
+            text = f"{source}: {key}: {msg}"
+        else:
+            text = f"{source}: {len(problems)} problems: " + "; ".join(f"{k}: {m}" for k, m in problems)
+        super().__init__(text)
+
+
+@dataclass
+class Dist:
+    kind: str
+    args: list
+
+    def describe(self) -> str:
+        return f"{self.kind}({', '.join(map(repr, self.args))})"
+
+    def to_json(self) -> dict:
+        return {self.kind: self.args}
+
+
+@dataclass
+class StudySpec:
+    name: str
+    space: dict[str, Any]  # key -> constant or Dist
+    description: str = ""
+    metric: str = "exact_acc"
+    mode: str = "max"
+    num_samples: int = 1
+    stop: dict[str, float] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
+    search: dict[str, Any] = field(default_factory=lambda: {"type": "grid", "seed": 0})
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: Optional[int] = None
+    checkpoint_every: int = 5
+    max_failures: int = 1
+    source: str = ""
+
+    # -- derived -----------------------------------------------------------------------------------------
+    def swept_keys(self) -> list[str]:
+        return [k for k, v in self.space.items() if isinstance(v, Dist)]
+
+    def grid_size(self) -> int:
+        return math.prod(len(v.args) for v in self.space.values() if isinstance(v, Dist) and v.kind == "grid")
+
+    def num_trials(self) -> int:
+        return self.num_samples * self.grid_size()
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["space"] = {k: (v.to_json() if isinstance(v, Dist) else v) for k, v in self.space.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StudySpec":
+        d = dict(d)
+        d["space"] = {k: (Dist(*next(iter(v.items()))) if isinstance(v, dict) else v) for k, v in d["space"].items()}
+        return cls(**d)
+
+    def space_fingerprint(self) -> str:
+        """What must not change on resume: the space and the study's search and stopping rules."""
+        keep = {k: v for k, v in self.to_json().items() if k not in ("description", "source", "name")}
+        return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+
+    def smoke(self) -> "StudySpec":
+        """The same study with a tiny iteration budget."""
+        space = dict(self.space)
+        for k, v in SMOKE.items():
+            if not isinstance(space.get(k), Dist):
+                space[k] = min(v, space.get(k, v)) if k != "iters" else v
+        space["iters"] = SMOKE["iters"]
+        sched = dict(self.scheduler)
+        for knob in ("max_t",):
+            if knob in sched:
+                sched[knob] = SMOKE["iters"]
+        for knob in ("grace_period", "perturbation_interval"):
+            if knob in sched:
+                sched[knob] = SMOKE["eval_every"]
+        return StudySpec(**{**self.__dict__, "space": space, "scheduler": sched,
+                            "checkpoint_every": 1})
+
+    def with_overrides(self, *, max_concurrent=None, cpus=None, gpus=None) -> "StudySpec":
+        res = dict(self.resources)
+        if cpus is not None:
+            res["cpu"] = cpus
+        if gpus is not None:
+            res["gpu"] = gpus
+        return StudySpec(**{**self.__dict__, "resources": res,
+                            "max_concurrent": max_concurrent if max_concurrent is not None else self.max_concurrent})
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+def read_space_file(path: str | Path) -> tuple[StudySpec, str]:
+    """Load and validate a search-space file; returns the spec and the file's text."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such search-space file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a search-space YAML file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    return parse_space(text, str(path), default_name=path.stem), text
+
+
+def parse_space(text: str, source: str, default_name: str = "study") -> StudySpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpaceError(source, [("yaml", f"invalid YAML{where}: {problem}")]) from None
+    if raw is None:
+        raise SpaceError(source, [("file", "is empty; a search-space file needs at least a 'space' mapping")])
+    if not isinstance(raw, dict):
+        raise SpaceError(source, [("file", f"top level must be a mapping of study keys, got {type(raw).__name__}")])
+    return _validate(raw, source, default_name)
+
+
+def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
+    problems: list[tuple[str, str]] = []
+    specs = field_specs()
+
+    def bad(key: str, msg: str) -> None:
+        problems.append((key, msg))
+
+    for key in raw:
+        if key not in STUDY_KEYS:
+            hint = did_you_mean(key, STUDY_KEYS)
+            if key in specs:
+                hint = f" (training-config keys go under 'space:')"
+            bad(str(key), f"unknown study key{hint}")
+
+    def get(key, tp, default, check=None):
+        if key not in raw or raw[key] is None:
+            return default
+        v = raw[key]
+        try:
+            v = coerce(v, tp) if tp in (int, float, str, bool) else v
+        except TypeError as exc:
+            bad(key, str(exc))
+            return default
+        if check:
+            msg = check(v)
+            if msg:
+                bad(key, msg)
+                return default
+        return v
+
+    name = get("name", str, default_name, lambda v: None if _valid_name(v) else
+               f"{v!r} is not a valid study name (letters, digits, '-', '_', '.'; no '/' or '..')")
+    description = get("description", str, "")
+    metric = get("metric", str, "exact_acc", lambda v: None if v in METRICS else
+                 f"unknown metric {v!r}{did_you_mean(v, METRICS)}; choose one of {', '.join(METRICS)}")
+    mode = get("mode", str, "min" if metric == "loss" else "max",
+               lambda v: None if v in ("min", "max") else f"must be 'min' or 'max', got {v!r}")
+    num_samples = get("num_samples", int, 1, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
+    max_concurrent = get("max_concurrent", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
+    checkpoint_every = get("checkpoint_every", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
+    max_failures = get("max_failures", int, 1, lambda v: None if v >= -1 else f"must be >= 0 (or -1: retry forever), got {v}")
+
+    # stop
+    stop: dict[str, float] = {}
+    if raw.get("stop") is not None:
+        if not isinstance(raw["stop"], dict):
+            bad("stop", f"must be a mapping of metric to threshold, e.g. {{iter: 2000}}, got {raw['stop']!r}")
+        else:
+            for k, v in raw["stop"].items():
+                if k not in STOP_KEYS:
+                    bad(f"stop.{k}", f"unknown stop key{did_you_mean(k, STOP_KEYS)}; choose from {', '.join(STOP_KEYS)}")
+                else:
+                    try:
+                        stop[k] = coerce(v, float)
+                    except TypeError as exc:
+                        bad(f"stop.{k}", str(exc))
+
+    # space
+    space: dict[str, Any] = {}
+    raw_space = raw.get("space")
+    if raw_space is None:
+        bad("space", "missing: a search-space file needs a 'space' mapping of training-config keys")
+    elif not isinstance(raw_space, dict):
+        bad("space", f"must be a mapping of training-config keys, got {type(raw_space).__name__}")
+    else:
+        for key, value in raw_space.items():
+            where = f"space.{key}"
+            if key not in specs:
+                bad(where, f"unknown training-config key{did_you_mean(key, specs)}")
+                continue
+            tp = specs[key].type
+            if isinstance(value, dict):
+                dist = _parse_dist(where, value, tp, bad)
+                if dist is not None:
+                    space[key] = dist
+            else:
+                try:
+                    space[key] = coerce(value, tp)
+                except TypeError as exc:
+                    bad(where, str(exc))
+        # every combination of constants and one value of each distribution must be a valid config
+        probe = {k: (v.args[0] if isinstance(v, Dist) else v) for k, v in space.items()}
+        for k, v in space.items():
+            values = v.args if isinstance(v, Dist) and v.kind in ("grid", "choice") else (
+                v.args[:2] if isinstance(v, Dist) else [v])
+            for val in values:
+                if isinstance(v, Dist) and v.kind == "randint":
+                    val = max(v.args[0], v.args[1] - 1) if val == v.args[1] else val
+                try:
+                    TrainConfig.from_flat({**probe, k: val})
+                except ConfigError as exc:
+                    for name_, msg in exc.problems:
+                        if name_ == k or name_ not in space:
+                            bad(f"space.{k}", msg)
+                    break
+        probs_seen = set()
+        problems[:] = [p for p in problems if not (p in probs_seen or probs_seen.add(p))]
+
+    # search
+    search = {"type": "grid", "seed": 0}
+    if raw.get("search") is not None:
+        s = raw["search"]
+        s = {"type": s} if isinstance(s, str) else s
+        if not isinstance(s, dict):
+            bad("search", f"must be a name ({', '.join(SEARCHERS)}) or a mapping with 'type', got {s!r}")
+        else:
+            for k in s:
+                if k not in ("type", "seed"):
+                    bad(f"search.{k}", f"unknown search option{did_you_mean(k, ('type', 'seed'))}; options: type, seed")
+            t = s.get("type", "grid")
+            if t not in SEARCHERS:
+                bad("search.type", f"unknown searcher {t!r}{did_you_mean(t, SEARCHERS)}; choose one of {', '.join(SEARCHERS)}")
+            else:
+                search["type"] = t
+            try:
+                search["seed"] = coerce(s.get("seed", 0), int)
+            except TypeError as exc:
+                bad("search.seed", str(exc))
+    if search["type"] == "optuna":
+        grids = [k for k, v in space.items() if isinstance(v, Dist) and v.kind == "grid"]
+        if grids:
+            bad("search", f"optuna cannot handle grid distributions (space.{grids[0]}); use choice, or search: grid")
+        if not any(isinstance(v, Dist) for v in space.values()):
+            bad("search", "optuna needs at least one distribution in space")
+
+    # scheduler
+    scheduler: dict[str, Any] = {"type": "fifo"}
+    if raw.get("scheduler") is not None:
+        s = raw["scheduler"]
+        s = {"type": s} if isinstance(s, str) else s
+        if not isinstance(s, dict) or "type" not in s:
+            bad("scheduler", f"must be a name ({', '.join(SCHEDULER_KNOBS)}) or a mapping with 'type', got {s!r}")
+        elif s["type"] not in SCHEDULER_KNOBS:
+            bad("scheduler.type", f"unknown scheduler {s['type']!r}{did_you_mean(s['type'], SCHEDULER_KNOBS)}; "
+                f"choose one of {', '.join(SCHEDULER_KNOBS)}")
+        else:
+            knobs = SCHEDULER_KNOBS[s["type"]]
+            scheduler = {"type": s["type"]}
+            for k, v in s.items():
+                if k == "type":
+                    continue
+                if k not in knobs:
+                    valid = ", ".join(knobs) or "none"
+                    bad(f"scheduler.{k}", f"{s['type']} has no knob {k!r}{did_you_mean(k, knobs)}; its knobs: {valid}")
+                    continue
+                if knobs[k] is dict:
+                    scheduler[k] = v
+                    continue
+                try:
+                    scheduler[k] = coerce(v, knobs[k])
+                except TypeError as exc:
+                    bad(f"scheduler.{k}", str(exc))
+                    continue
+                if knobs[k] in (int, float) and not isinstance(v, bool) and scheduler[k] <= 0:
+                    bad(f"scheduler.{k}", f"must be > 0, got {v}")
+            if scheduler["type"] == "pbt":
+                _check_pbt(scheduler, space, bad)
+            if scheduler["type"] in ("asha", "hyperband") and "reduction_factor" in scheduler \
+                    and scheduler["reduction_factor"] <= 1:
+                bad("scheduler.reduction_factor", f"must be > 1, got {scheduler['reduction_factor']}")
+
+    # resources
+    resources = {"cpu": 1.0, "gpu": 0.0}
+    if raw.get("resources") is not None:
+        r = raw["resources"]
+        if not isinstance(r, dict):
+            bad("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {r!r}")
+        else:
+            for k, v in r.items():
+                if k not in resources:
+                    bad(f"resources.{k}", f"unknown resource{did_you_mean(k, resources)}; use cpu and gpu")
+                    continue
+                try:
+                    resources[k] = coerce(v, float)
+                except TypeError as exc:
+                    bad(f"resources.{k}", str(exc))
+                    continue
+                if resources[k] < 0:
+                    bad(f"resources.{k}", f"must be >= 0, got {v}")
+            if resources["cpu"] == 0 and resources["gpu"] == 0:
+                bad("resources", "a trial needs some cpu or gpu")
+
+    if problems:
+        raise SpaceError(source, problems)
+    if checkpoint_every is None:
+        checkpoint_every = 1 if scheduler["type"] == "pbt" else 5
+    return StudySpec(name=name, space=space, description=description, metric=metric, mode=mode,
+                     num_samples=num_samples, stop=stop, scheduler=scheduler, search=search, resources=resources,
+                     max_concurrent=max_concurrent, checkpoint_every=checkpoint_every, max_failures=max_failures,
+                     source=source)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)) and ".." not in name
+
+
+def valid_study_name(name: str) -> bool:
+    return _valid_name(name)
+
+
+def _parse_dist(where: str, value: dict, tp, bad) -> Optional[Dist]:
+    if len(value) != 1:
+        bad(where, f"a distribution is a mapping with one of {', '.join(DISTRIBUTIONS)}, got keys {list(value)}")
+        return None
+    kind, args = next(iter(value.items()))
+    if kind not in DISTRIBUTIONS:
+        bad(where, f"unknown distribution {kind!r}{did_you_mean(kind, DISTRIBUTIONS)}; choose one of {', '.join(DISTRIBUTIONS)}")
+        return None
+    if not isinstance(args, list):
+        bad(where, f"{kind} takes a list, got {args!r}")
+        return None
+    if kind in ("grid", "choice"):
+        if not args:
+            bad(where, f"empty {kind}: give at least one value")
+            return None
+        try:
+            vals = [coerce(a, tp) for a in args]
+        except TypeError as exc:
+            bad(where, f"{kind} value {exc}")
+            return None
+        return Dist(kind, vals)
+    n_args = 3 if kind.startswith("q") else 2
+    if len(args) != n_args:
+        form = "[lo, hi, q]" if n_args == 3 else "[lo, hi]"
+        bad(where, f"{kind} takes {form}, got {args!r}")
+        return None
+    numeric = int if kind in ("randint", "qrandint") else float
+    if tp not in (int, float) or (tp is int and numeric is float):
+        use = "randint" if tp is int else "grid or choice"
+        bad(where, f"{kind} draws {'integers' if numeric is int else 'real numbers'} but "
+                   f"{where.split('.')[-1]} takes {type_name(tp)}; use {use}")
+        return None
+    try:
+        vals = [coerce(a, numeric) for a in args]
+    except TypeError as exc:
+        bad(where, f"{kind} bound {exc}")
+        return None
+    lo, hi = vals[0], vals[1]
+    if lo > hi or (numeric is int and lo == hi):
+        bad(where, f"{kind} lo > hi ({lo} > {hi})" if lo > hi else f"{kind} range [{lo}, {hi}) is empty (hi is exclusive)")
+        return None
+    if kind == "loguniform" and lo <= 0:
+        bad(where, f"loguniform needs lo > 0, got {lo}")
+        return None
+    if n_args == 3 and vals[2] <= 0:
+        bad(where, f"{kind} step q must be > 0, got {vals[2]}")
+        return None
+    return Dist(kind, vals)
+
+
+def _check_pbt(scheduler: dict, space: dict, bad) -> None:
+    muts = scheduler.get("hyperparam_mutations")
+    if not muts:
+        bad("scheduler.hyperparam_mutations", f"pbt needs at least one key to perturb; perturbable: {', '.join(PERTURBABLE)}")
+        return
+    if not isinstance(muts, dict):
+        bad("scheduler.hyperparam_mutations", f"must map a key to a distribution, got {muts!r}")
+        return
+    parsed = {}
+    for k, v in muts.items():
+        where = f"scheduler.hyperparam_mutations.{k}"
+        if k not in PERTURBABLE:
+            bad(where, f"{k!r} cannot be perturbed mid-run; perturbable: {', '.join(PERTURBABLE)}")
+            continue
+        if not isinstance(v, dict):
+            bad(where, f"must be a distribution such as {{loguniform: [1e-4, 1e-1]}}, got {v!r}")
+            continue
+        d = _parse_dist(where, v, field_specs()[k].type, bad)
+        if d is not None:
+            if d.kind == "grid":
+                bad(where, "pbt samples mutations; use choice instead of grid")
+            else:
+                parsed[k] = d
+    scheduler["hyperparam_mutations"] = {k: d.to_json() for k, d in parsed.items()}
+    scheduler.setdefault("perturbation_interval", 100)
+
+
+# -- Ray Tune objects --------------------------------------------------------------------------------------
+def tune_domain(dist: Dist):
+    from ray import tune
+
+    a = dist.args
+    return {
+        "grid": lambda: tune.grid_search(list(a)),
+        "choice": lambda: tune.choice(list(a)),
+        "uniform": lambda: tune.uniform(a[0], a[1]),
+        "loguniform": lambda: tune.loguniform(a[0], a[1]),
+        "randint": lambda: tune.randint(a[0], a[1]),
+        "quniform": lambda: tune.quniform(a[0], a[1], a[2]),
+        "qrandint": lambda: tune.qrandint(a[0], a[1], a[2]),
+    }[dist.kind]()
+
+
+def param_space(spec: StudySpec) -> dict:
+    """Every training-config key (defaults filled in), so each trial's config is complete and self-describing."""
+    full = {**TrainConfig().to_flat(), **spec.space}
+    return {k: (tune_domain(v) if isinstance(v, Dist) else v) for k, v in full.items()}
+
+
+def make_scheduler(spec: StudySpec):
+    from ray.tune import schedulers as S
+
+    s = dict(spec.scheduler)
+    kind = s.pop("type")
+    common = {"metric": spec.metric, "mode": spec.mode}
+    if kind == "fifo":
+        return S.FIFOScheduler()
+    if kind == "asha":
+        return S.ASHAScheduler(time_attr="iter", **common, **s)
+    if kind == "hyperband":
+        return S.HyperBandScheduler(time_attr="iter", **common, **s)
+    if kind == "median":
+        return S.MedianStoppingRule(time_attr="iter", **common, **s)
+    if kind == "pbt":
+        muts = {k: tune_domain(Dist(*next(iter(v.items())))) for k, v in s.pop("hyperparam_mutations").items()}
+        return S.PopulationBasedTraining(time_attr="iter", hyperparam_mutations=muts, **common, **s)
+    raise ValueError(kind)
+
+
+def make_searcher(spec: StudySpec):
+    if spec.search["type"] == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna  # noqa: F401
+        except ImportError:
+            raise UserError("search: optuna needs the optuna package: pip install 'adder-sweep[optuna]'") from None
+        return OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search["seed"])
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=spec.search["seed"])
+
+
+def describe(spec: StudySpec) -> str:
+    """The resolved space as text, for ``adder-sweep validate``."""
+    defaults = TrainConfig().to_flat()
+    lines = [f"study {spec.name}: {spec.description}".rstrip(": "), f"  source: {spec.source}"]
+    lines.append(f"  metric: {spec.metric} ({spec.mode}); search: {spec.search['type']} (seed {spec.search['seed']}); "
+                 f"scheduler: {', '.join(f'{k}={v}' for k, v in spec.scheduler.items())}")
+    lines.append(f"  resources per trial: cpu={spec.resources['cpu']:g} gpu={spec.resources['gpu']:g}; "
+                 f"max_concurrent: {spec.max_concurrent or 'all that fit'}; checkpoint every {spec.checkpoint_every} "
+                 f"reports; max_failures: {spec.max_failures}")
+    if spec.stop:
+        lines.append(f"  stop: {', '.join(f'{k} >= {v:g}' for k, v in spec.stop.items())}")
+    lines.append("  space:")
+    width = max(len(k) for k in defaults)
+    for k in defaults:
+        if k in spec.space:
+            v = spec.space[k]
+            lines.append(f"    {k:<{width}}  {v.describe() if isinstance(v, Dist) else repr(v)}")
+    lines.append("  defaults for the rest: " + ", ".join(f"{k}={defaults[k]!r}" for k in defaults if k not in spec.space))
+    n = spec.num_trials()
+    grid = spec.grid_size()
+    lines.append(f"  trials: {n} ({grid} grid point{'s' if grid != 1 else ''} x {spec.num_samples} sample"
+                 f"{'s' if spec.num_samples != 1 else ''})")
+    return "\n".join(lines)
