@@ -8,12 +8,13 @@ from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import sweep_cmd, train_cmd
+    from . import report_cmd, sweep_cmd, train_cmd
 
     parser = argparse.ArgumentParser(prog="adder-sweep", description="Hyperparameter sweeps of an RNN adder on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_cmd.register(sub)
     sweep_cmd.register(sub)
+    report_cmd.register(sub)
     return parser
 
 

@@ -472,7 +472,7 @@ def make_scheduler(spec: StudySpec):
 
     s = dict(spec.scheduler)
     kind = s.pop("type")
-    common = {"metric": spec.metric, "mode": spec.mode}
+    common: dict = {}  # metric and mode come from TuneConfig; Ray refuses them twice
     if kind == "fifo":
         return S.FIFOScheduler()
     if kind == "asha":
@@ -494,7 +494,7 @@ def make_searcher(spec: StudySpec):
             import optuna  # noqa: F401
         except ImportError:
             raise UserError("search: optuna needs the optuna package: pip install 'adder-sweep[optuna]'") from None
-        return OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search["seed"])
+        return OptunaSearch(seed=spec.search["seed"])
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=spec.search["seed"])

@@ -49,10 +49,9 @@ def connect(address: Optional[str]) -> bool:
         return False
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(**kwargs)
+        # "local" always starts a fresh embedded instance; plain ray.init() would join any Ray started on this
+        # machine earlier (RAY_ADDRESS or /tmp/ray/ray_current_cluster), which is what --address auto is for.
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--address {address}" if address else "local Ray"
         raise UserError(f"{where}: cannot connect ({str(exc).splitlines()[0]}); is the cluster up (`ray status`)?") from None
@@ -72,13 +71,18 @@ def check_fits(spec: StudySpec) -> None:
         raise UserError(f"resources: a trial asks for {cpu:g} CPUs but the Ray cluster has {total.get('CPU', 0):g}")
 
 
+def trial_resources(spec: StudySpec) -> dict:
+    """Ray resources of one trial; a GPU share makes the trial train on CUDA (see trainables.loop.resolve_device)."""
+    return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+
+
 def build_trainable(spec: StudySpec):
     from ray import tune
 
     from trainables.tune_adapter import run_trial
 
     trainable = tune.with_parameters(run_trial, checkpoint_every=spec.checkpoint_every)
-    return tune.with_resources(trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+    return tune.with_resources(trainable, trial_resources(spec))
 
 
 def _trial_dirname(trial) -> str:

@@ -71,3 +71,203 @@ def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, 
         except ValueError:
             continue  # a line cut by a killed process
     return out
+
+
+# -- Parquet tables ---------------------------------------------------------------------------------------
+# trials.parquet and metrics.parquet are documented column by column in docs/results.md. Config columns are
+# derived from trainables.config.field_specs(), so a new training option becomes a column without edits here.
+TRIALS_FILE = "trials.parquet"
+METRICS_FILE = "metrics.parquet"
+OUTCOMES = ("solved", "diverged", "budget", "stopped_early")
+SCORES = ("exact_acc", "digit_acc", "loss")  # final_*, best_*, best_*_iter columns; loss is lower-is-better
+METRIC_FIELDS = (("iter", "int64"), ("loss", "float64"), ("exact_acc", "float64"), ("digit_acc", "float64"),
+                 ("lr", "float64"), ("time_s", "float64"), ("samples_per_s", "float64"), ("status", "string"),
+                 ("time_total_s", "float64"), ("timestamp", "int64"))
+
+
+def _arrow_type(tp: Any):
+    import pyarrow as pa
+
+    return {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}.get(tp, pa.list_(pa.int64()))
+
+
+def config_fields() -> list:
+    """One typed pyarrow field per training-config key, carrying the key's doc as field metadata."""
+    import pyarrow as pa
+
+    from trainables.config import field_specs
+
+    return [pa.field(s.name, _arrow_type(s.type), metadata={"doc": s.doc, "section": s.section})
+            for s in field_specs().values()]
+
+
+def trials_schema():
+    import pyarrow as pa
+
+    head = [("study", pa.string()), ("trial_id", pa.string()), ("state", pa.string()), ("outcome", pa.string())]
+    tail = [(f"final_{k}", pa.float64()) for k in SCORES] + [(f"best_{k}", pa.float64()) for k in SCORES] + \
+           [(f"best_{k}_iter", pa.int64()) for k in SCORES] + [
+        ("iters_to_solve", pa.int64()), ("iters_run", pa.int64()), ("reports", pa.int64()),
+        ("wall_s", pa.float64()), ("train_s", pa.float64()), ("num_failures", pa.int64()),
+        ("node", pa.string()), ("hostname", pa.string()), ("error_file", pa.string()), ("trial_dir", pa.string())]
+    return pa.schema([pa.field(n, t) for n, t in head] + config_fields() + [pa.field(n, t) for n, t in tail])
+
+
+def metrics_schema():
+    import pyarrow as pa
+
+    types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    return pa.schema([pa.field("study", pa.string()), pa.field("trial_id", pa.string())]
+                     + [pa.field(n, types[t]) for n, t in METRIC_FIELDS])
+
+
+def dedupe_reports(reports: list[dict]) -> list[dict]:
+    """One report per iteration, in iteration order; a report repeated by a trial resumed from an older
+    checkpoint replaces the earlier one (the later run is what the trial went on from)."""
+    by_iter: dict[int, dict] = {}
+    for r in reports:
+        it = r.get("iter")
+        if isinstance(it, int) and not isinstance(it, bool):
+            by_iter[it] = r
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
+def trial_outcome(state: str, last_status: str | None) -> str | None:
+    """solved/diverged/budget from the loop's own end; stopped_early if Tune ended it before that (a scheduler
+    or a stop rule); None while it runs, waits or has errored."""
+    if state != "terminated":
+        return None
+    if last_status in ("solved", "diverged", "budget"):
+        return last_status
+    return "stopped_early"
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _best(reports: list[dict], key: str, lower: bool) -> tuple[float | None, int | None]:
+    """Best value of ``key`` over the reports and the first iteration that reached it."""
+    best, at = None, None
+    for r in reports:
+        v = _num(r.get(key))
+        if v is None or v != v:  # NaN never counts as best
+            continue
+        if best is None or (v < best if lower else v > best):
+            best, at = v, r["iter"]
+    return best, at
+
+
+def _config_value(value: Any, tp: Any) -> Any:
+    from trainables.config import coerce
+
+    if value is None:
+        return None
+    try:
+        return coerce(value, tp)
+    except (TypeError, ValueError):
+        return None
+
+
+def build_tables(storage: Storage, name: str):
+    """(trials, metrics) as pyarrow Tables from what Ray Tune wrote; works on an unfinished study too.
+    Raises UserError if the experiment state is unreadable; returns (None, None) if there is none yet."""
+    import pyarrow as pa
+
+    from trainables.config import field_specs
+
+    trials = load_trials(storage, name)
+    if not trials and experiment_state_path(storage, name) is None:
+        return None, None
+    specs = field_specs()
+    trial_rows: list[dict] = []
+    metric_rows: list[dict] = []
+    for t in sorted(trials, key=lambda t: t["trial_id"]):
+        reports = dedupe_reports(load_reports(storage, name, t["dir"])) if t["dir"] else []
+        if not reports and t["last_result"].get("iter") is not None:
+            reports = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
+        last = reports[-1] if reports else {}
+        row: dict[str, Any] = {"study": name, "trial_id": t["trial_id"], "state": t["state"],
+                               "outcome": trial_outcome(t["state"], last.get("status"))}
+        for key, spec in specs.items():
+            row[key] = _config_value(t["config"].get(key), spec.type)
+        for k in SCORES:
+            row[f"final_{k}"] = _num(last.get(k))
+            row[f"best_{k}"], row[f"best_{k}_iter"] = _best(reports, k, lower=(k == "loss"))
+        its = last.get("iters_to_solve")
+        row.update({
+            "iters_to_solve": its if isinstance(its, int) else None,
+            "iters_run": last.get("iter"), "reports": len(reports),
+            "wall_s": _num(last.get("time_total_s")), "train_s": _num(last.get("time_s")),
+            "num_failures": t["num_failures"], "node": last.get("node"), "hostname": last.get("hostname"),
+            "error_file": t["error_file"], "trial_dir": t["dir"],
+        })
+        trial_rows.append(row)
+        for r in reports:
+            metric_rows.append({"study": name, "trial_id": t["trial_id"],
+                                **{k: (r.get(k) if typ != "float64" else _num(r.get(k))) for k, typ in METRIC_FIELDS}})
+    tschema, mschema = trials_schema(), metrics_schema()
+    meta = _table_metadata(storage, name)
+    trials_table = pa.Table.from_pylist(trial_rows, schema=tschema).replace_schema_metadata(meta)
+    metrics_table = pa.Table.from_pylist(metric_rows, schema=mschema).replace_schema_metadata(meta)
+    return trials_table, metrics_table
+
+
+def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
+    """The study's name, metric, mode and swept keys, so a table alone says what was searched."""
+    from .storage import STUDY_RECORD
+
+    path = storage.join(name, STUDY_RECORD)
+    meta = {"adder_sweep.study": name}
+    try:
+        spec = json.loads(storage.read_text(path))["spec"]
+    except (OSError, ValueError, KeyError, FileNotFoundError):
+        return meta
+    swept = [k for k, v in spec.get("space", {}).items() if isinstance(v, dict)]
+    meta.update({"adder_sweep.metric": spec.get("metric", ""), "adder_sweep.mode": spec.get("mode", ""),
+                 "adder_sweep.swept": ",".join(swept)})
+    return meta
+
+
+def _write_table(storage: Storage, table, path: str) -> None:
+    if storage.is_local:
+        from .records import write_parquet_atomic
+
+        write_parquet_atomic(table, path)
+        return
+    import pyarrow.parquet as pq
+
+    # Object stores replace an object whole on close, so readers never see half a table there either.
+    with storage.fs.open_output_stream(path) as f:
+        pq.write_table(table, f)
+
+
+def refresh_tables(storage: Storage, name: str):
+    """Build both tables, write them into the study directory and return them (raises UserError)."""
+    trials, metrics = build_tables(storage, name)
+    if trials is None:
+        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state yet (no trial started); "
+                        "there is nothing to tabulate")
+    # metrics first: a reader that sees the new trials table finds metrics at least as new
+    _write_table(storage, metrics, storage.join(name, METRICS_FILE))
+    _write_table(storage, trials, storage.join(name, TRIALS_FILE))
+    return trials, metrics
+
+
+def write_tables(storage: Storage, name: str) -> tuple[str, str] | None:
+    """Write trials.parquet and metrics.parquet into the study directory; returns their paths.
+
+    Called after every sweep and resume, so a study whose state cannot be read (interrupted before its first
+    trial, or a damaged state file) gets a warning, never an exception that would fail the sweep;
+    ``report`` uses ``refresh_tables``, which raises instead.
+    """
+    import sys
+
+    try:
+        refresh_tables(storage, name)
+    except (UserError, OSError) as exc:
+        print(f"adder-sweep: result tables not written: {exc}", file=sys.stderr)
+        return None
+    return storage.join(name, TRIALS_FILE), storage.join(name, METRICS_FILE)

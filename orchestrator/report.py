@@ -1,0 +1,414 @@
+"""Analysis of a study's result tables: summary, a pivot of any metric by any keys, edge-of-range flags,
+comparison of two studies, and rendering as a terminal table, Markdown, CSV or JSON.
+
+Reads only the Parquet tables (``orchestrator.tables``) and the study record; never imports Ray.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pandas as pd
+
+from trainables.config import did_you_mean
+
+from .errors import UserError
+from .space import Dist, StudySpec
+from .storage import Storage
+
+AGGS = ("median", "mean", "min", "max", "std", "count")
+FORMATS = ("text", "md", "csv", "json")
+# metric names a user types, and the per-trial column they mean
+VALUE_ALIASES = {"exact_acc": "best_exact_acc", "digit_acc": "best_digit_acc", "loss": "best_loss"}
+LOWER_IS_BETTER = ("iters_to_solve", "iters_run", "wall_s", "train_s", "num_failures")
+MAX_LEVELS = 8  # a numeric key with more distinct values than this is grouped into quantile bins
+
+
+@dataclass
+class Study:
+    name: str
+    storage: Storage
+    record: dict
+    spec: StudySpec
+    trials: pd.DataFrame
+    metrics: pd.DataFrame
+
+    @property
+    def swept(self) -> list[str]:
+        return self.spec.swept_keys()
+
+    @property
+    def path(self) -> str:
+        return self.storage.uri(self.name)
+
+
+def load_study(name_or_path: str, storage_root: str) -> Study:
+    """Read a study's record and (re)build its tables; UserError if it does not exist or has no trials."""
+    from .study import read_record, study_location
+    from .tables import refresh_tables
+
+    storage, name = study_location(name_or_path, storage_root)
+    record = read_record(storage, name)
+    trials, metrics = refresh_tables(storage, name)
+    return Study(name, storage, record, StudySpec.from_json(record["spec"]), trials.to_pandas(), metrics.to_pandas())
+
+
+# -- small helpers ------------------------------------------------------------------------------------------
+def lower_is_better(column: str) -> bool:
+    return "loss" in column or column in LOWER_IS_BETTER or column.endswith("_iter")
+
+
+def resolve_value(trials: pd.DataFrame, value: str) -> str:
+    """The trials column a --value names (``exact_acc`` means ``best_exact_acc``)."""
+    col = VALUE_ALIASES.get(value, value)
+    numeric = [c for c in trials.columns if pd.api.types.is_numeric_dtype(trials[c])]
+    if col not in numeric:
+        raise UserError(f"--value {value}: not a numeric column of trials.parquet{did_you_mean(value, numeric)}; "
+                        f"choose from {', '.join(numeric)} (or exact_acc, digit_acc, loss for their best values)")
+    return col
+
+
+def resolve_keys(trials: pd.DataFrame, keys: list[str], flag: str) -> list[str]:
+    for k in keys:
+        if k not in trials.columns:
+            raise UserError(f"{flag} {k}: no such column in trials.parquet{did_you_mean(k, trials.columns)}")
+    if len(set(keys)) != len(keys):
+        raise UserError(f"{flag} {','.join(keys)}: a key is repeated")
+    return keys
+
+
+def split_keys(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def default_keys(study: Study) -> list[str]:
+    """The swept keys with a few discrete values (grid/choice) first; sampled ones only if nothing else varies."""
+    discrete = [k for k in study.swept if study.spec.space[k].kind in ("grid", "choice")]
+    keys = discrete or study.swept
+    return [k for k in keys if k in study.trials.columns and study.trials[k].nunique(dropna=True) > 1] or keys
+
+
+def levels(series: pd.Series) -> pd.Series:
+    """Group labels for a key: its values, or quantile bins for a numeric key with many distinct values."""
+    if pd.api.types.is_numeric_dtype(series) and series.nunique(dropna=True) > MAX_LEVELS:
+        bins = pd.qcut(series, q=5, duplicates="drop")
+        return bins.cat.rename_categories([f"{iv.left:.3g}..{iv.right:.3g}" for iv in bins.cat.categories])
+    return series
+
+
+def fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.0f}" if v.is_integer() and abs(v) >= 10 else f"{v:.4g}"
+    return str(v)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready scalar."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+# -- edges of the search space ------------------------------------------------------------------------------
+def edge_note(spec: StudySpec, key: str, value: Any) -> Optional[str]:
+    """A sentence if ``value`` sits on the edge of ``key``'s swept range (the tuning playbook's warning that
+    the optimum may lie outside it), else None. Categorical keys have no edges."""
+    dist = spec.space.get(key)
+    if not isinstance(dist, Dist) or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if dist.kind in ("grid", "choice"):
+        vals = sorted(v for v in dist.args if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if len(vals) < 2:
+            return None
+        if value == vals[0]:
+            return f"{key}={fmt(value)} is the lowest value of its range {vals}; try lower values"
+        if value == vals[-1]:
+            return f"{key}={fmt(value)} is the highest value of its range {vals}; try higher values"
+        return None
+    lo, hi = dist.args[0], dist.args[1]
+    if dist.kind in ("randint", "qrandint"):
+        hi = hi - 1  # hi is exclusive
+    if dist.kind == "loguniform":
+        pos = (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    else:
+        pos = (value - lo) / (hi - lo) if hi > lo else 0.5
+    if pos <= 0.1:
+        return f"{key}={fmt(value)} lies near the lower edge of {dist.describe()}; try lower values"
+    if pos >= 0.9:
+        return f"{key}={fmt(value)} lies near the upper edge of {dist.describe()}; try higher values"
+    return None
+
+
+# -- summary -------------------------------------------------------------------------------------------------
+def summarize(study: Study, top: int = 5) -> dict:
+    """Trials by state and outcome, core-seconds, and the best trials by the study's metric."""
+    t, spec = study.trials, study.spec
+    metric = VALUE_ALIASES.get(spec.metric, spec.metric)
+    lower = spec.mode == "min"
+    wall = float(t["wall_s"].fillna(0).sum())
+    ranked = t.dropna(subset=[metric]).sort_values([metric, f"{metric}_iter"], ascending=[lower, True])
+    best_cols = ["trial_id", *study.swept, metric, f"{metric}_iter", "iters_to_solve", "outcome"]
+    best = ranked[best_cols].head(top).copy()
+    best["outcome"] = best["outcome"].fillna(ranked["state"])  # an unfinished trial shows its state
+    edges = []
+    if len(ranked):
+        first = ranked.iloc[0]
+        for k in study.swept:
+            note = edge_note(spec, k, _plain(first[k]))
+            if note:
+                edges.append(note)
+    return {
+        "study": study.name, "path": study.path, "trials": len(t), "planned": spec.num_trials(),
+        "states": {k: int(v) for k, v in t["state"].value_counts().items()},
+        "outcomes": {k: int(v) for k, v in t["outcome"].value_counts().items()},
+        "wall_s": wall, "core_s": wall * spec.resources["cpu"], "gpu_s": wall * spec.resources["gpu"],
+        "metric": metric, "mode": spec.mode, "swept": study.swept, "best": best, "best_edges": edges,
+    }
+
+
+# -- pivot ---------------------------------------------------------------------------------------------------
+@dataclass
+class Pivot:
+    by: list[str]
+    value: str
+    agg: str
+    table: pd.DataFrame  # index: rows key(s); columns: values of the last key (or the value name)
+    best: Optional[tuple] = None  # (row label, column label) of the best cell
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        if not self.by:
+            return f"{self.agg} {self.value} over all trials"
+        if len(self.by) == 1:
+            return f"{self.agg} {self.value} by {self.by[0]}"
+        return f"{self.agg} {self.value} by {', '.join(self.by[:-1])} (rows) x {self.by[-1]} (columns)"
+
+
+def make_pivot(study: Study, by: Optional[list[str]] = None, value: Optional[str] = None,
+               agg: str = "median") -> Pivot:
+    t = study.trials
+    by = resolve_keys(t, default_keys(study) if by is None else by, "--by")
+    value = resolve_value(t, value or study.spec.metric)
+    if agg not in AGGS:
+        raise UserError(f"--agg {agg}: choose one of {', '.join(AGGS)}")
+    data = t.copy()
+    for k in by:
+        data[k] = levels(data[k])
+    if not by:
+        table = pd.DataFrame({value: [data[value].agg(agg)]}, index=pd.Index(["all"], name="trials"))
+    elif len(by) == 1:
+        table = data.groupby(by[0], observed=True, dropna=False)[value].agg(agg).to_frame(value)
+    else:
+        table = data.pivot_table(index=by[:-1], columns=by[-1], values=value, aggfunc=agg, dropna=False,
+                                 observed=True)
+        if agg == "count":
+            table = table.fillna(0)
+    p = Pivot(by, value, agg, table)
+    _mark_best(study, p)
+    return p
+
+
+def _mark_best(study: Study, p: Pivot) -> None:
+    if p.agg in ("count", "std"):
+        return  # "best" means nothing for these
+    stacked = p.table.stack().dropna()
+    if stacked.empty:
+        return
+    label = stacked.idxmin() if lower_is_better(p.value) else stacked.idxmax()
+    row, col = label[:-1], label[-1]
+    p.best = (row[0] if len(row) == 1 else row, col)
+    if len(p.by) >= 2:
+        values = dict(zip(p.by[:-1], row if isinstance(row, tuple) else (row,)))
+        values[p.by[-1]] = col
+    elif len(p.by) == 1:
+        values = {p.by[0]: row[0] if isinstance(row, tuple) and len(row) == 1 else row}
+    else:
+        values = {}
+    where = ", ".join(f"{k}={fmt(v)}" for k, v in values.items()) or "all trials"
+    p.notes.append(f"* best {p.agg} {p.value} = {fmt(stacked.loc[label])} at {where}")
+    for k, v in values.items():
+        note = edge_note(study.spec, k, _plain(v))
+        if note:
+            p.notes.append(f"  on the edge: {note}")
+
+
+# -- comparison of two studies --------------------------------------------------------------------------------
+def compare(a: Study, b: Study, by: Optional[list[str]] = None, value: Optional[str] = None,
+            agg: str = "median") -> dict:
+    """Both studies aggregated over their common swept keys, side by side, and what differs between them."""
+    if by is None:
+        by = [k for k in default_keys(a) if k in default_keys(b)] or [k for k in a.swept if k in b.swept]
+    resolve_keys(a.trials, by, "--by")
+    resolve_keys(b.trials, by, "--by")
+    value = value or a.spec.metric
+    col = resolve_value(a.trials, value)
+    resolve_value(b.trials, value)
+
+    def agg_of(s: Study) -> pd.Series:
+        if not by:
+            return pd.Series([s.trials[col].agg(agg)], index=pd.Index(["all"], name="trials"))
+        return s.trials.groupby(by, dropna=False)[col].agg(agg)
+
+    table = pd.concat({a.name: agg_of(a), b.name: agg_of(b)}, axis=1)
+    if a.name == b.name:
+        table.columns = [f"{a.name} (A)", f"{b.name} (B)"]
+    table["B - A"] = table.iloc[:, 1] - table.iloc[:, 0]
+    differs = []
+    from trainables.config import field_specs
+
+    for k in field_specs():
+        sa, sb = k in a.swept, k in b.swept
+        if k in by:
+            continue
+        if sa or sb:
+            if sa != sb:
+                differs.append(f"{k}: swept only in {a.name if sa else b.name}")
+            continue
+        ja, jb = _distinct(a.trials[k]), _distinct(b.trials[k])
+        if ja != jb:
+            differs.append(f"{k}: {', '.join(ja) or '-'} in {a.name} vs {', '.join(jb) or '-'} in {b.name}")
+    return {"by": by, "value": col, "agg": agg, "table": table, "differs": differs,
+            "summaries": [summarize(a), summarize(b)]}
+
+
+def _distinct(series: pd.Series) -> list[str]:
+    """The distinct non-null values of a column as JSON text (list columns such as eval_lengths included)."""
+    out = set()
+    for v in series:
+        v = v.tolist() if hasattr(v, "tolist") else v
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            out.add(json.dumps(v))
+    return sorted(out)
+
+
+# -- rendering -----------------------------------------------------------------------------------------------
+def _flat(table: pd.DataFrame, best: Optional[tuple] = None) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows of a pivot, with the index as leading columns and '*' after the best cell."""
+    index_names = [n if n is not None else "" for n in table.index.names]
+    col_name = table.columns.name
+    header = index_names + [(f"{col_name}={fmt(c)}" if col_name else str(c)) for c in table.columns]
+    rows = []
+    for idx, r in table.iterrows():
+        idx_t = idx if isinstance(idx, tuple) else (idx,)
+        cells = []
+        for c, v in r.items():
+            mark = "*" if best is not None and _same(best, idx, c) else ""
+            cells.append(fmt(_plain(v)) + mark)
+        rows.append([fmt(_plain(i)) for i in idx_t] + cells)
+    return header, rows
+
+
+def _same(best: tuple, idx: Any, col: Any) -> bool:
+    return best[0] == idx and best[1] == col
+
+
+def text_table(header: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def md_table(header: list[str], rows: list[list[str]], n_left: int = 1) -> str:
+    esc = [[c.replace("|", "\\|").replace("*", "\\*") for c in r] for r in [header, *rows]]
+    align = ["---" if i < n_left else "---:" for i in range(len(header))]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [esc[0], align, *esc[1:]])
+
+
+def summary_lines(s: dict) -> list[str]:
+    states = ", ".join(f"{v} {k}" for k, v in s["states"].items()) or "none"
+    outcomes = ", ".join(f"{v} {k}" for k, v in s["outcomes"].items()) or "none yet"
+    lines = [f"Study {s['study']} ({s['path']})",
+             f"trials: {s['trials']}/{s['planned']} ({states}); outcomes: {outcomes}",
+             f"compute: {s['core_s']:.1f} core-seconds" + (f", {s['gpu_s']:.1f} GPU-seconds" if s["gpu_s"] else "")
+             + f" ({s['wall_s']:.1f} trial-seconds)",
+             f"swept: {', '.join(s['swept']) or 'nothing'}; ranked by {s['metric']} ({s['mode']})"]
+    return lines
+
+
+def _best_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    best = s["best"]
+    header = list(best.columns)
+    rows = [[fmt(_plain(v)) for v in r] for r in best.itertuples(index=False)]
+    return header, rows
+
+
+def render_report(s: dict, p: Pivot, fmt_: str, plots: Optional[list[str]] = None) -> str:
+    """The report in one of FORMATS. ``plots``: paths relative to the study directory (Markdown only)."""
+    n_left = max(1, len(p.table.index.names))
+    if fmt_ == "csv":
+        return p.table.to_csv()
+    if fmt_ == "json":
+        return json.dumps(report_json(s, p), indent=2, default=str) + "\n"
+    header, rows = _flat(p.table, p.best)
+    bh, br = _best_rows(s)
+    if fmt_ == "md":
+        out = [f"# Study {s['study']}", "", *(f"- {l}" for l in summary_lines(s)[1:]), "",
+               f"## Best trials by {s['metric']}", "", md_table(bh, br), ""]
+        out += [f"- on the edge: {e}" for e in s["best_edges"]] + ([""] if s["best_edges"] else [])
+        out += [f"## {p.title[0].upper()}{p.title[1:]}", "", md_table(header, rows, n_left), ""]
+        out += [n.replace("*", "\\*", 1) if n.startswith("*") else f"  - {n.strip()}" for n in p.notes]
+        if plots:
+            out += ["", "## Plots", ""]
+            out += [f"![{path.rsplit('/', 1)[-1][:-4].replace('_', ' ')}]({path})\n" for path in plots]
+        return "\n".join(out).rstrip() + "\n"
+    out = [*summary_lines(s), "", f"Best trials by {s['metric']}:", text_table(bh, br)]
+    out += [f"  on the edge: {e}" for e in s["best_edges"]]
+    out += ["", f"Pivot: {p.title}", text_table(header, rows, n_left), *p.notes]
+    return "\n".join(out) + "\n"
+
+
+def report_json(s: dict, p: Pivot) -> dict:
+    table = p.table.copy()
+    rows = []
+    for idx, r in table.iterrows():
+        idx_t = idx if isinstance(idx, tuple) else (idx,)
+        keys = dict(zip([n or "index" for n in table.index.names], map(_plain, idx_t)))
+        rows.append({**keys, "values": {str(_plain(c)): _plain(v) for c, v in r.items()}})
+    summary = {k: v for k, v in s.items() if k != "best"}
+    summary["best"] = [{k: _plain(v) for k, v in r.items()} for r in s["best"].to_dict("records")]
+    return {"summary": summary,
+            "pivot": {"by": p.by, "value": p.value, "agg": p.agg, "rows": rows,
+                      "best": None if p.best is None else [_plain(x) if not isinstance(x, tuple) else list(map(_plain, x))
+                                                           for x in p.best],
+                      "notes": p.notes}}
+
+
+def render_compare(c: dict, fmt_: str) -> str:
+    table = c["table"]
+    if fmt_ == "csv":
+        return table.to_csv()
+    if fmt_ == "json":
+        rows = []
+        for idx, r in table.iterrows():
+            idx_t = idx if isinstance(idx, tuple) else (idx,)
+            rows.append({**dict(zip(c["by"] or ["trials"], map(_plain, idx_t))),
+                         **{str(k): _plain(v) for k, v in r.items()}})
+        return json.dumps({"by": c["by"], "value": c["value"], "agg": c["agg"], "rows": rows,
+                           "differs": c["differs"]}, indent=2, default=str) + "\n"
+    header, rows = _flat(table)
+    n_left = max(1, len(table.index.names))
+    title = f"{c['agg']} {c['value']} by {', '.join(c['by']) or 'nothing in common'}"
+    if fmt_ == "md":
+        out = [f"# Compare {' vs '.join(s['study'] for s in c['summaries'])}", ""]
+        for s in c["summaries"]:
+            out += [f"- {summary_lines(s)[0]}: {summary_lines(s)[1]}"]
+        out += ["", f"## {title}", "", md_table(header, rows, n_left), ""]
+        out += ["## Other differences", "", *(f"- {d}" for d in c["differs"] or ["none"])]
+        return "\n".join(out) + "\n"
+    out = []
+    for s in c["summaries"]:
+        out += [f"{summary_lines(s)[0]}: {summary_lines(s)[1]}"]
+    out += ["", title, text_table(header, rows, n_left), "",
+            "Other differences: " + ("none" if not c["differs"] else "")]
+    out += [f"  {d}" for d in c["differs"]]
+    return "\n".join(out) + "\n"

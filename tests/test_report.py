@@ -1,0 +1,217 @@
+"""``adder-sweep report | compare | board`` and the plots, on a real tiny Ray Tune study."""
+import json
+import os
+import re
+import shutil
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import plots, report
+from orchestrator.cli import main
+from orchestrator.space import parse_space
+from orchestrator.storage import Storage
+from orchestrator.study import launch
+from tests.conftest import run_cli
+
+# A stop rule at iteration 160 ends most trials before their own end (stopped_early); with target 0.3 the
+# gru on 4 digits solves at 160 on CPU. Either way each trial ends solved or stopped_early.
+TINY = """\
+name: rep
+space:
+  cell: {grid: [rnn, gru]}
+  digits: {grid: [3, 4]}
+  iters: 200
+  eval_every: 20
+  eval_size: 200
+  target: 0.3
+stop: {iter: 160}
+checkpoint_every: 2
+"""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # not shut down: a session-wide fixture may share this instance
+
+
+@pytest.fixture(scope="module")
+def root(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    spec = parse_space(TINY, source="rep.yaml")
+    outcome = launch(spec, TINY, name="rep", storage_root=str(root), address=None, file_spec=spec)
+    assert not outcome.interrupted
+    _interrupted_copy(root / "rep", root / "cut")
+    return root
+
+
+def _interrupted_copy(src: Path, dst: Path) -> None:
+    """The study as a killed driver leaves it: the experiment state still says one trial runs and one waits."""
+    shutil.copytree(src, dst)
+    record = json.loads((dst / "adder_study.json").read_text())
+    (dst / "adder_study.json").write_text(json.dumps({**record, "name": "cut"}))
+    state_path = next(dst.glob("experiment_state-*.json"))
+    state = json.loads(state_path.read_text())
+    new = []
+    for i, (tj, rj) in enumerate(sorted(state["trial_data"], key=lambda tr: json.loads(tr[0])["trial_id"])):
+        t = json.loads(tj)
+        if i == 0:
+            t["status"] = "RUNNING"
+        elif i == 1:
+            t["status"] = "PENDING"
+            shutil.rmtree(dst / t["relative_logdir"])
+            rj = json.dumps({**json.loads(rj), "last_result": {}})
+        new.append([json.dumps(t), rj])
+    state["trial_data"] = new
+    state_path.write_text(json.dumps(state))
+
+
+@pytest.fixture(scope="module")
+def study(root):
+    return report.load_study("rep", str(root))
+
+
+def test_summary_counts_outcomes_and_compute(study):
+    s = report.summarize(study)
+    assert s["trials"] == s["planned"] == 4
+    assert s["states"] == {"terminated": 4}
+    assert set(s["outcomes"]) <= {"solved", "stopped_early"} and sum(s["outcomes"].values()) == 4
+    assert "stopped_early" in s["outcomes"]
+    assert s["core_s"] == pytest.approx(study.trials["wall_s"].sum())
+    best = s["best"]
+    assert list(best["best_exact_acc"]) == sorted(best["best_exact_acc"], reverse=True)
+    assert (study.trials["iters_run"] <= 160).all()
+
+
+def test_default_pivot_is_swept_keys_by_best_metric(study):
+    p = report.make_pivot(study)
+    assert p.by == ["cell", "digits"] and p.value == "best_exact_acc"
+    t = study.trials
+    for cell in ("rnn", "gru"):
+        for digits in (3, 4):
+            want = t[(t.cell == cell) & (t.digits == digits)]["best_exact_acc"].median()
+            assert p.table.loc[cell, digits] == pytest.approx(want)
+    best = t.loc[t["best_exact_acc"].idxmax()]
+    assert p.best == (best["cell"], best["digits"])
+    # digits has two values, so the best always sits on an edge of its range
+    assert any("on the edge: digits=" in n for n in p.notes)
+
+
+def test_edge_note_for_sampled_ranges(study):
+    from orchestrator.space import Dist, StudySpec
+
+    spec = StudySpec(name="x", space={"lr": Dist("loguniform", [1e-4, 1e-1]), "layers": Dist("grid", [1, 2, 3]),
+                                      "cell": Dist("grid", ["rnn", "gru"])})
+    assert "upper edge" in report.edge_note(spec, "lr", 0.09)
+    assert report.edge_note(spec, "lr", 3e-3) is None
+    assert "lowest" in report.edge_note(spec, "layers", 1)
+    assert report.edge_note(spec, "layers", 2) is None
+    assert report.edge_note(spec, "cell", "rnn") is None
+
+
+def test_report_cli_pivot_formats_and_files(root, study):
+    r = run_cli("report", "rep", "--storage", root, "--by", "cell,digits", "--value", "iters_to_solve",
+                "--agg", "median", check=0)
+    assert "Pivot: median iters_to_solve by cell (rows) x digits (columns)" in r.stdout
+    assert re.search(r"^cell\s+digits=3\s+digits=4$", r.stdout, re.M)
+    solved = study.trials.dropna(subset=["iters_to_solve"])
+    if len(solved):
+        assert "*" in r.stdout
+    d = root / "rep"
+    for f in ("trials.parquet", "metrics.parquet", "report.md", "plots/learning_curves.png",
+              "plots/metric_vs_digits.png", "plots/heatmap.png"):
+        assert (d / f).is_file(), f
+    md = (d / "report.md").read_text()
+    assert "## Plots" in md and "](plots/heatmap.png)" in md and "| cell | digits=3 | digits=4 |" in md
+    for png in (d / "plots").glob("*.png"):
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+
+def test_report_csv_and_json(root, capsys):
+    # in-process: the formats need no fresh interpreter
+    assert main(["report", "rep", "--storage", str(root), "--format", "csv", "--by", "digits", "--no-plots"]) == 0
+    csv = pd.read_csv(StringIO(capsys.readouterr().out))
+    assert list(csv.columns) == ["digits", "best_exact_acc"] and list(csv["digits"]) == [3, 4]
+    assert main(["report", "rep", "--storage", str(root), "--format", "json", "--no-plots"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pivot"]["by"] == ["cell", "digits"] and out["summary"]["trials"] == 4
+    assert len(out["summary"]["best"]) == 4
+
+
+def test_report_rejects_bad_keys_and_missing_study(root, capsys):
+    r = run_cli("report", "nosuch", "--storage", root, check=2)
+    assert r.stderr.strip().count("\n") == 0 and "no study 'nosuch'" in r.stderr
+    assert main(["report", "rep", "--storage", str(root), "--by", "cel", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "--by cel" in err and "did you mean 'cell'" in err
+    assert main(["report", "rep", "--storage", str(root), "--value", "acc", "--no-plots"]) == 2
+    assert "--value acc" in capsys.readouterr().err
+
+
+def test_report_on_interrupted_study(root):
+    cut = report.load_study("cut", str(root))
+    s = report.summarize(cut)
+    assert s["states"] == {"running": 1, "pending": 1, "terminated": 2}
+    assert cut.trials["outcome"].isna().sum() == 2
+    r = run_cli("report", "cut", "--storage", root, check=0)
+    assert "1 running" in r.stdout and "1 pending" in r.stdout
+    assert (root / "cut" / "plots" / "learning_curves.png").is_file()
+
+
+def test_learning_curves_one_line_per_trial(study):
+    fig = plots.learning_curves_figure(study, "cell")
+    ax_loss, ax_acc = fig.axes
+    assert len(ax_loss.lines) == len(ax_acc.lines) == 4
+    assert ax_loss.get_xlabel() == "iteration" and ax_acc.get_ylabel() == "exact_acc"
+    assert [t.get_text() for t in ax_acc.get_legend().get_texts()] == ["gru", "rnn"]
+    colors = {tuple(l.get_color()) for l in ax_acc.lines}
+    assert len(colors) == 2  # coloured by cell
+    assert plots.png_bytes(fig).startswith(PNG_MAGIC)
+
+
+def test_metric_vs_digits_one_line_per_cell(study):
+    fig = plots.vs_digits_figure(study)
+    for ax in fig.axes:
+        assert len(ax.lines) == 2 and ax.get_xlabel() == "digits per operand"
+    acc = fig.axes[0]
+    gru = next(l for l in acc.lines if l.get_label() == "gru")
+    t = study.trials[study.trials.cell == "gru"].sort_values("digits")
+    assert list(gru.get_xdata()) == [3, 4] and list(gru.get_ydata()) == pytest.approx(list(t["best_exact_acc"]))
+
+
+def test_heatmap_of_two_keys(study):
+    fig = plots.heatmap_figure(study, "digits", "cell", "exact_acc")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (2, 2)
+    assert len(ax.texts) == 4 and ax.get_xlabel() == "digits" and ax.get_ylabel() == "cell"
+    assert plots.heatmap_keys(study) == ("digits", "cell")
+
+
+def test_compare_two_studies(root):
+    r = run_cli("compare", "rep", "cut", "--storage", root, check=0)
+    assert "median best_exact_acc by cell, digits" in r.stdout
+    assert re.search(r"^cell\s+digits\s+rep\s+cut\s+B - A$", r.stdout, re.M)
+    assert "Other differences: none" in r.stdout
+    r = run_cli("compare", "rep", "cut", "--storage", root, "--format", "json", check=0)
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 4 and {"cell", "digits", "rep", "cut", "B - A"} <= set(rows[0])
+
+
+def test_board_serves_http_and_stops(root):
+    r = run_cli("board", "rep", "--storage", root, "--port", "0", "--check", timeout=120, check=0)
+    m = re.search(r"(http://localhost:\d+/)\s+\(pid (\d+)", r.stdout)
+    assert m, r.stdout
+    pid = int(m.group(2))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped by the command (and reaped)
+    assert list((root / "rep").glob("trial_*/events.out.tfevents.*"))
+    run_cli("board", "nosuch", "--storage", root, check=2)

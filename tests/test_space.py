@@ -1,0 +1,79 @@
+"""Search-space files: the shipped ones validate; each malformed one fails with its own message."""
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.space import parse_space, read_space_file
+from tests.conftest import ROOT
+
+BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def expected_message(path: Path) -> str:
+    first = path.read_text().splitlines()[0] if path.read_text() else ""
+    if not first.startswith("# expect: "):
+        return "is empty"
+    return first[len("# expect: "):]
+
+
+def test_corpus_is_big_enough():
+    assert len(BAD) >= 15
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_space_fails_clearly_and_writes_nothing(path, tmp_path, capsys):
+    storage = tmp_path / "store"
+    assert main(["sweep", str(path), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(path) in err[0] and expected_message(path) in err[0], err[0]
+    assert not storage.exists()
+    assert main(["validate", str(path)]) == 2
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_file_validates_and_starts_with_a_comment(path, capsys):
+    spec, text = read_space_file(path)
+    assert text.startswith("#"), "every search-space file starts with a comment block saying what it studies"
+    assert spec.num_trials() >= 1
+    assert main(["validate", str(path)]) == 0
+    assert f"trials: {spec.num_trials()}" in capsys.readouterr().out
+
+
+def test_trial_count_and_resolved_space():
+    spec = parse_space("num_samples: 3\nspace:\n  cell: {grid: [rnn, gru]}\n  digits: {grid: [5, 11, 20]}\n"
+                       "  lr: {loguniform: [1e-4, 1e-2]}\n", "x.yaml")
+    assert spec.num_trials() == 18 and spec.swept_keys() == ["cell", "digits", "lr"]
+
+
+def test_many_problems_are_reported_together():
+    with pytest.raises(Exception) as e:
+        parse_space("space:\n  layer: 3\n  lr: {uniform: [2, 1]}\nscheduler: {type: asha, foo: 1}\n", "x.yaml")
+    assert "3 problems" in str(e.value) and "space.layer" in str(e.value) and "scheduler.foo" in str(e.value)
+
+
+def test_directory_and_missing_file(tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such search-space file" in capsys.readouterr().err
+
+
+def test_conflicting_and_bad_flags(tmp_path, capsys):
+    space = ROOT / "search_spaces" / "quick.yaml"
+    assert main(["sweep", str(space), "--cpus-per-trial", "-1", "--storage", str(tmp_path / "s")]) == 2
+    assert "--cpus-per-trial -1: must be >= 0" in capsys.readouterr().err
+    assert main(["sweep", str(space), "--name", "a/../b", "--storage", str(tmp_path / "s")]) == 2
+    assert "--name 'a/../b'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_unwritable_storage_fails_before_ray(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["sweep", str(ROOT / "search_spaces" / "quick.yaml"), "--storage", str(blocker / "sub")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["file"]

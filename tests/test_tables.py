@@ -1,0 +1,221 @@
+"""Parquet result tables (orchestrator/tables.py) built from a real tiny Ray Tune study."""
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import records, tables
+from orchestrator.space import parse_space
+from orchestrator.storage import Storage
+from orchestrator.study import launch
+from trainables.config import field_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+# target 0.6 within 200 iterations: on CPU some of these trials solve and rnn at 3 digits runs out of budget
+TINY = """\
+name: tables
+space:
+  cell: {grid: [rnn, gru]}
+  digits: {grid: [3, 4]}
+  iters: 200
+  eval_every: 20
+  eval_size: 200
+  target: 0.6
+checkpoint_every: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # not shut down: a session-wide fixture may share this instance
+
+
+def make_study(text: str, root: Path, name: str) -> Storage:
+    spec = parse_space(text, source=f"{name}.yaml")
+    outcome = launch(spec, text, name=name, storage_root=str(root), address=None, file_spec=spec)
+    assert not outcome.interrupted
+    return Storage.open(outcome.storage)
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    storage = make_study(TINY, root, "tables")
+    paths = tables.write_tables(storage, "tables")
+    assert paths is not None
+    return storage, Path(storage.path) / "tables"
+
+
+def read(path):
+    return pq.read_table(path)
+
+
+def test_schema_and_dtypes(study):
+    _, d = study
+    t = read(d / "trials.parquet")
+    assert t.schema.equals(tables.trials_schema(), check_metadata=False)
+    specs = field_specs()
+    expected = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+    for name, spec in specs.items():
+        assert t.schema.field(name).type == expected.get(spec.type, pa.list_(pa.int64())), name
+        assert t.schema.field(name).metadata[b"doc"].decode() == spec.doc
+    for col in ("final_exact_acc", "best_loss", "wall_s"):
+        assert t.schema.field(col).type == pa.float64()
+    for col in ("iters_to_solve", "iters_run", "best_exact_acc_iter"):
+        assert t.schema.field(col).type == pa.int64()
+    assert t.schema.metadata[b"adder_sweep.swept"] == b"cell,digits"
+    m = read(d / "metrics.parquet")
+    assert m.schema.equals(tables.metrics_schema(), check_metadata=False)
+
+
+def test_one_row_per_trial_and_typed_config(study):
+    storage, d = study
+    df = read(d / "trials.parquet").to_pandas()
+    state = tables.load_trials(storage, "tables")
+    assert sorted(df["trial_id"]) == sorted(t["trial_id"] for t in state)
+    assert len(df) == 4 and df["trial_id"].is_unique
+    assert set(zip(df["cell"], df["digits"])) == {("rnn", 3), ("rnn", 4), ("gru", 3), ("gru", 4)}
+    assert (df["state"] == "terminated").all()
+    assert set(df["outcome"]) <= {"solved", "budget"}
+    assert (df["iters"] == 200).all() and (df["eval_size"] == 200).all() and (df["target"] == 0.6).all()
+    assert df["wall_s"].gt(0).all() and df["node"].notna().all()
+
+
+def test_metrics_rows_match_reports(study):
+    storage, d = study
+    m = read(d / "metrics.parquet").to_pandas()
+    t = read(d / "trials.parquet").to_pandas()
+    for row in t.itertuples():
+        reports = tables.load_reports(storage, "tables", row.trial_dir)
+        mine = m[m["trial_id"] == row.trial_id]
+        assert len(mine) == len(reports) == row.reports
+        assert list(mine["iter"]) == [r["iter"] for r in reports]
+        assert list(mine["exact_acc"]) == pytest.approx([r["exact_acc"] for r in reports])
+        assert row.iters_run == reports[-1]["iter"]
+
+
+def test_iters_to_solve_is_first_iteration_at_target(study):
+    _, d = study
+    m = read(d / "metrics.parquet").to_pandas()
+    t = read(d / "trials.parquet").to_pandas()
+    assert (t["outcome"] == "solved").any(), "the tiny study should solve at least one trial"
+    for row in t.itertuples():
+        reached = m[(m["trial_id"] == row.trial_id) & (m["exact_acc"] >= row.target)]["iter"]
+        if row.outcome == "solved":
+            assert row.iters_to_solve == reached.min() == row.iters_run
+        else:
+            assert reached.empty and pd.isna(row.iters_to_solve)
+        best = m[m["trial_id"] == row.trial_id]
+        assert row.best_exact_acc == best["exact_acc"].max()
+        assert row.best_exact_acc_iter == best[best["exact_acc"] == best["exact_acc"].max()]["iter"].min()
+
+
+def test_readable_by_pandas_and_others_as_is(study):
+    _, d = study
+    trials = pd.read_parquet(d / "trials.parquet")
+    assert len(trials) == 4
+    assert len(pd.read_parquet(d / "metrics.parquet")) == trials["reports"].sum()
+    for mod, query in (("duckdb", lambda p: __import__("duckdb").sql(f"select count(*) from '{p}'").fetchone()[0]),
+                       ("polars", lambda p: __import__("polars").read_parquet(p).height)):
+        try:
+            __import__(mod)
+        except ImportError:
+            continue
+        assert query(str(d / "trials.parquet")) == 4
+
+
+def test_interrupted_write_keeps_previous_table(study, monkeypatch):
+    _, d = study
+    before = read(d / "trials.parquet")
+
+    def crash(table, where, **kw):
+        Path(where).write_bytes(b"PAR1 half a table")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_parquet_atomic(before.slice(0, 1), d / "trials.parquet")
+    assert read(d / "trials.parquet").equals(before)
+    assert not list(d.glob(".trials.parquet.*"))
+
+
+def _partial_copy(storage: Storage, d: Path, tmp_path: Path) -> Path:
+    """The study as an interruption leaves it: one trial still running (its last reports cut, and reports
+    repeated by a restore from an older checkpoint), one pending that never started."""
+    copy = tmp_path / "partial"
+    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("*.parquet"))
+    state_path = next(copy.glob("experiment_state-*.json"))
+    state = json.loads(state_path.read_text())
+    trials = sorted(state["trial_data"], key=lambda tr: json.loads(tr[0])["trial_id"])
+    running, pending = json.loads(trials[0][0]), json.loads(trials[1][0])
+    lines = (copy / running["relative_logdir"] / "result.json").read_text().splitlines()
+    # kept: reports 1-4, then a restore from the checkpoint at report 2 re-reported 3 and 4 with new values
+    redo = [json.dumps({**json.loads(l), "loss": 9.0 + i}) for i, l in enumerate(lines[2:4])]
+    (copy / running["relative_logdir"] / "result.json").write_text("\n".join(lines[:4] + redo) + "\n{\"iter\": 1")
+    shutil.rmtree(copy / pending["relative_logdir"])
+    new = []
+    for tj, rj in state["trial_data"]:
+        t = json.loads(tj)
+        if t["trial_id"] == running["trial_id"]:
+            t["status"] = "RUNNING"
+        elif t["trial_id"] == pending["trial_id"]:
+            t["status"] = "PENDING"
+            rt = json.loads(rj)
+            rt["last_result"] = {}
+            rj = json.dumps(rt)
+        new.append([json.dumps(t), rj])
+    state["trial_data"] = new
+    state_path.write_text(json.dumps(state))
+    return copy
+
+
+def test_partial_study_and_repeated_iterations(study, tmp_path):
+    storage, d = study
+    copy = _partial_copy(storage, d, tmp_path)
+    s = Storage.open(copy.parent)
+    assert tables.write_tables(s, copy.name) is not None
+    t = read(copy / "trials.parquet").to_pandas().set_index("trial_id")
+    m = read(copy / "metrics.parquet").to_pandas()
+    ids = sorted(t.index)
+    running, pending = t.loc[ids[0]], t.loc[ids[1]]
+    assert running["state"] == "running" and pd.isna(running["outcome"]) and running["reports"] == 4
+    assert pending["state"] == "pending" and pending["reports"] == 0 and pd.isna(pending["outcome"])
+    assert pd.isna(pending["final_exact_acc"]) and pd.isna(pending["iters_run"])
+    mine = m[m["trial_id"] == ids[0]]
+    assert list(mine["iter"]) == [20, 40, 60, 80]
+    assert list(mine["loss"])[2:] == [9.0, 10.0]  # the later report of a repeated iteration wins
+    assert (t.loc[ids[2:], "state"] == "terminated").all()
+
+
+def test_stopped_early_outcome():
+    assert tables.trial_outcome("terminated", "running") == "stopped_early"
+    assert tables.trial_outcome("terminated", None) == "stopped_early"
+    assert tables.trial_outcome("terminated", "diverged") == "diverged"
+    assert tables.trial_outcome("running", "running") is None
+    assert tables.trial_outcome("errored", "running") is None
+
+
+def test_write_tables_never_fails_a_sweep(tmp_path, capsys):
+    s = Storage.open(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert tables.write_tables(s, "empty") is None  # interrupted before the first trial: nothing to write
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "experiment_state-2020.json").write_text('{"trial_data": [["{\\"tri')
+    assert tables.write_tables(s, "broken") is None
+    assert "unreadable" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_every_column_is_documented():
+    doc = (ROOT / "docs" / "results.md").read_text()
+    for schema in (tables.trials_schema(), tables.metrics_schema()):
+        for name in schema.names:
+            assert f"`{name}`" in doc, f"docs/results.md does not document column {name}"
