@@ -34,15 +34,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    # not shut down: a session-wide fixture may share this instance
-
-
-@pytest.fixture(scope="module")
 def root(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     spec = parse_space(TINY, source="rep.yaml")

@@ -29,15 +29,6 @@ checkpoint_every: 2
 """
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    # not shut down: a session-wide fixture may share this instance
-
-
 def make_study(text: str, root: Path, name: str) -> Storage:
     spec = parse_space(text, source=f"{name}.yaml")
     outcome = launch(spec, text, name=name, storage_root=str(root), address=None, file_spec=spec)
