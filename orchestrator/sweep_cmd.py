@@ -88,8 +88,10 @@ def _finish(outcome, args) -> int:
     _write_tables(storage, outcome.name)
     print()
     print_study_summary(storage, outcome.name)
+    where = "" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"
+    if not outcome.interrupted:
+        print(f"Tables and plots: adder-sweep report {outcome.name}{where}")
     if outcome.interrupted:
-        where = "" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"
         addr = f" --address {args.address}" if getattr(args, "address", None) else ""
         print(f"\nStudy {outcome.name} was interrupted. Resume it with:\n  adder-sweep resume {outcome.name}{where}{addr}",
               file=sys.stderr)

@@ -25,7 +25,8 @@ def experiment_state_path(storage: Storage, name: str) -> str | None:
              i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")]
     if not files:
         return None
-    return max(files, key=lambda i: (i.mtime_ns or 0, i.base_name)).path
+    # The name carries the run's start time; mtimes do not order them (Ray re-syncs old files at the end).
+    return max(files, key=lambda i: i.base_name).path
 
 
 def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
