@@ -158,6 +158,9 @@ def parse_space(text: str, source: str, default_name: str = "study") -> StudySpe
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        ctx, ctx_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if ctx and ctx_mark:  # where the unclosed construct began is what the user must fix
+            problem += f" ({ctx} started at line {ctx_mark.line + 1}, column {ctx_mark.column + 1})"
         raise SpaceError(source, [("yaml", f"invalid YAML{where}: {problem}")]) from None
     if raw is None:
         raise SpaceError(source, [("file", "is empty; a search-space file needs at least a 'space' mapping")])

@@ -77,14 +77,27 @@ class Storage:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def check_writable(self) -> None:
-        """Fail before anything starts if studies cannot be written here."""
+    def check_writable(self, create: bool = False) -> None:
+        """Fail before anything starts if studies cannot be written here. A local path must exist unless
+        ``create`` (the default storage): a mistyped --storage should not grow a new tree silently."""
         if self.is_local:
             from .records import check_writable_dir
 
-            check_writable_dir(Path(self.path), "--storage")
-            if Path(self.path).exists() and not Path(self.path).is_dir():
+            path = Path(self.path)
+            if path.exists() and not path.is_dir():
                 raise UserError(f"--storage {self.root}: is a file, not a directory")
+            if not path.exists() and not create:
+                raise UserError(f"--storage {self.root}: no such directory; create it (mkdir -p {self.root}) "
+                                "or choose an existing one")
+            check_writable_dir(path, "--storage")
+            # as root, permission bits say little: write a probe file for real
+            probe = path / f".adder-sweep-probe-{uuid.uuid4().hex}"
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"ok")
+                probe.unlink()
+            except OSError as exc:
+                raise UserError(f"--storage {self.root}: not writable ({exc.strerror})") from None
             return
         probe = self.join(f".adder-sweep-probe-{uuid.uuid4().hex}")
         try:

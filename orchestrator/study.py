@@ -148,7 +148,7 @@ def driver_alive(storage: Storage, name: str) -> bool:
 
 
 def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root: str, address: Optional[str],
-           file_spec: StudySpec) -> Outcome:
+           file_spec: StudySpec, create_storage: bool = True) -> Outcome:
     """Start a new study. ``spec`` has the command-line overrides applied; ``file_spec`` is the file as written."""
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not valid_study_name(name):
@@ -157,7 +157,7 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
     if storage.exists(storage.join(name)):
         raise UserError(f"study {name!r} already exists under {storage.root}; continue it with "
                         f"`adder-sweep resume {name} --storage {storage.root}`, or pick another --name")
-    storage.check_writable()
+    storage.check_writable(create=create_storage)
     _quiet_ray_env()
     started = connect(address)
     try:
@@ -212,6 +212,7 @@ def resume(name_or_path: str, *, storage_root: str, address: Optional[str], spac
                             f"interrupted before its first trial started); start it again with "
                             f"`adder-sweep sweep {record.get('source')} --name {name}-2`")
         check_fits(spec)
+        _check_trial_folders(storage, name)
         try:
             tuner = tune.Tuner.restore(storage.uri(name), trainable=build_trainable(spec), resume_errored=True)
         except Exception as exc:  # Ray raises plain Exceptions/ValueErrors for damaged state files
@@ -227,6 +228,17 @@ def resume(name_or_path: str, *, storage_root: str, address: Optional[str], spac
             import ray
 
             ray.shutdown()
+
+
+def _check_trial_folders(storage: Storage, name: str) -> None:
+    """An unfinished trial whose folder is gone cannot continue; say which, before Ray fails obscurely."""
+    from .tables import load_trials
+
+    for t in load_trials(storage, name):
+        if t["state"] != "terminated" and t["dir"] and not storage.exists(storage.join(name, t["dir"])):
+            raise UserError(f"cannot resume {name!r}: the folder of unfinished trial {t['trial_id']} "
+                            f"({storage.uri(name, t['dir'])}) is missing; restore it from a backup, or start a "
+                            f"new study with `adder-sweep sweep`")
 
 
 def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:

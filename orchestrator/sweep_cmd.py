@@ -69,7 +69,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     file_spec, text = read_space_file(args.file)
     spec = file_spec.smoke() if args.smoke else file_spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
-    outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address, file_spec=file_spec)
+    outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address, file_spec=file_spec,
+                     create_storage=args.storage == DEFAULT_STORAGE)
     return _finish(outcome, args)
 
 

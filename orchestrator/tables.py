@@ -40,10 +40,14 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
         for trial_json, runtime_json in state["trial_data"]:
             t = json.loads(trial_json)
             rt = json.loads(runtime_json)
+            status = t["status"]
+            trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
+            if status in ("RUNNING", "PENDING", "PAUSED") and trial_dir and _failed_last(storage, name, trial_dir):
+                status = "ERROR"
             rows.append({
                 "trial_id": t["trial_id"],
-                "ray_status": t["status"],
-                "state": RAY_STATES.get(t["status"], t["status"].lower()),
+                "ray_status": status,
+                "state": RAY_STATES.get(status, status.lower()),
                 "config": t["config"],
                 "dir": t.get("relative_logdir") or t.get("custom_dirname"),
                 "last_result": rt.get("last_result") or {},
@@ -55,6 +59,18 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
                         f"({type(exc).__name__}: {exc}); it may be truncated. Ray keeps no older copy; "
                         "the per-trial folders are intact") from None
     return rows
+
+
+def _failed_last(storage: Storage, name: str, trial_dir: str) -> bool:
+    """True if the trial's last event was an error: Ray's final snapshot can still call a trial that failed
+    with max_failures exhausted RUNNING, but it writes error.txt into the trial folder after its last report."""
+    from pyarrow.fs import FileType
+
+    err = storage.fs.get_file_info(storage.join(name, trial_dir, "error.txt"))
+    if err.type == FileType.NotFound:
+        return False
+    res = storage.fs.get_file_info(storage.join(name, trial_dir, "result.json"))
+    return res.type == FileType.NotFound or (err.mtime_ns or 0) >= (res.mtime_ns or 0)
 
 
 def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, Any]]:

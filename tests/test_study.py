@@ -107,6 +107,7 @@ def _wait_for(predicate, timeout, proc=None):
 def test_sigint_then_resume_equals_uninterrupted(ray_local, tmp_path):
     space = write_space(tmp_path / "resumable.yaml", RESUMABLE)
     storage = tmp_path / "res"
+    storage.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "cut",
                              "--storage", str(storage)], cwd=tmp_path, env=env,
@@ -172,6 +173,7 @@ def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     """A real two-node Ray cluster (ray.cluster_utils.Cluster) and `sweep --address`."""
     space = write_space(tmp_path / "tiny.yaml", TINY.replace("iters: 100", "iters: 200"))
+    (tmp_path / "res").mkdir()
     script = textwrap.dedent(f"""
         import subprocess, sys, json
         from ray.cluster_utils import Cluster

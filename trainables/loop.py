@@ -221,9 +221,14 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
         "wall_s": elapsed,
         "device": str(device),
     }
-    if status == "diverged" and report is not None:
-        # The diverged state is not checkpointed: the last finite checkpoint stays the latest one.
-        report({**last, "iter": it, "status": "diverged", "iters_to_solve": iters_to_solve}, None)
+    if status == "diverged":
+        if not last:  # diverged before the first report: nothing finite to keep, the model adds nothing
+            last = {"iter": it, "loss": float("nan"), "exact_acc": 0.0, "digit_acc": 0.0,
+                    "lr": optimizer.param_groups[0]["lr"], "samples_per_s": 0.0, "time_s": elapsed}
+            summary["final"] = last
+        if report is not None:
+            # The diverged state is not checkpointed: the last finite checkpoint stays the latest one.
+            report({**last, "iter": it, "status": "diverged", "iters_to_solve": iters_to_solve}, None)
     summary["model"] = model
     return summary
 

@@ -15,12 +15,37 @@ import ray
 from ray import tune
 
 from .config import TrainConfig
-from .loop import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, train
+from .loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint, train
 
 
 def trial_threads(config: dict, cpus: float) -> int:
     """torch threads for a trial: the config's ``threads`` if set, else the trial's whole CPUs (at least 1)."""
     return int(config.get("threads") or max(1, int(cpus)))
+
+
+def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
+    """The trial's latest readable checkpoint: if the newest is damaged (a truncated file), fall back to the
+    earlier ones Ray kept beside it; resuming from an earlier iteration replays the same batches."""
+    import pyarrow.fs as pafs
+
+    try:
+        with checkpoint.as_directory() as d:
+            return load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    except CheckpointError as exc:
+        error = exc
+    parent, _, newest = checkpoint.path.rstrip("/").rpartition("/")
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    earlier = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_") and i.base_name < newest), reverse=True)
+    for path in earlier:
+        try:
+            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
+                state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        except CheckpointError:
+            continue
+        logging.getLogger(__name__).warning("%s; resuming from the earlier %s (iteration %d)", error, path, state["iter"])
+        return state
+    raise CheckpointError(f"{error}; no earlier readable checkpoint in {parent}")
 
 
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
@@ -30,11 +55,8 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     resources = tune.get_context().get_trial_resources().required_resources
     cfg = TrainConfig.from_flat({**config, "threads": trial_threads(config, resources.get("CPU", 1))})
-    state = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    state = load_trial_checkpoint(checkpoint) if checkpoint is not None else None
     node = ray.get_runtime_context().get_node_id()
     eval_every = cfg.run.eval_every
 

@@ -1,0 +1,229 @@
+"""Kill the sweep driver at random moments, resume until the study completes, and check nothing was lost.
+
+One scenario: start ``adder-sweep sweep`` on a small study in its own process group; SIGKILL the whole group
+(driver and the embedded Ray it started, as when a machine is lost) at chosen moments -- before any trial has
+finished, right after a checkpoint appears, and at random times; after each kill run ``adder-sweep resume``;
+when a resume runs to the end, compare with an uninterrupted run of the same file.
+
+    python benchmarks/stress_resume.py --runs 10          # prints `N passed, N failed` last
+
+The test suite runs one scenario (tests/test_faults.py).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPACE = """\
+# stress study: four small trials that checkpoint often
+name: stress
+space:
+  cell: {grid: [rnn, gru]}
+  seed: {grid: [0, 1]}
+  digits: 6
+  iters: 400
+  eval_every: 25
+  eval_size: 200
+  target: 1.5
+checkpoint_every: 2
+max_failures: 1
+"""
+KEYS = ("cell", "seed")
+EVAL_EVERY = 25
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", *map(str, args)]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process group we started (the driver and the Ray processes it spawned), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    time.sleep(0.5)  # let Ray's children notice their parent is gone
+
+
+def study_reports(study: Path) -> dict[str, list[dict]]:
+    """trial dir -> reports in result.json order (cut lines skipped)."""
+    out = {}
+    for f in sorted(study.glob("trial_*/result.json")):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        out[f.parent.name] = rows
+    return out
+
+
+def final_by_config(study: Path) -> dict:
+    from orchestrator.storage import Storage
+    from orchestrator.tables import load_reports, load_trials
+
+    st = Storage.open(study.parent)
+    out = {}
+    for t in load_trials(st, study.name):
+        last = load_reports(st, study.name, t["dir"])[-1]
+        key = tuple(t["config"][k] for k in KEYS)
+        if key in out:
+            raise AssertionError(f"two trials with config {key}")
+        out[key] = {k: last[k] for k in ("iter", "loss", "exact_acc", "digit_acc", "lr", "status")}
+    return out
+
+
+def reference(workdir: Path) -> dict:
+    """Final metrics of an uninterrupted run of SPACE."""
+    space = workdir / "stress.yaml"
+    space.write_text(SPACE)
+    (workdir / "res").mkdir(exist_ok=True)
+    subprocess.run(_cli("sweep", space, "--name", "reference", "--storage", workdir / "res"), cwd=workdir,
+                   env=_env(), check=True, capture_output=True, timeout=600)
+    return final_by_config(workdir / "res" / "reference")
+
+
+def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: int = 3, log=print) -> list[str]:
+    """One kill-and-resume scenario; returns the problems found (empty: passed)."""
+    rng = random.Random(seed)
+    space = workdir / "stress.yaml"
+    space.write_text(SPACE)
+    storage = workdir / "res"
+    storage.mkdir(exist_ok=True)
+    name = f"killed-{seed}"
+    study = storage / name
+    problems: list[str] = []
+    moments = ["before_first_finish", "after_checkpoint"] + ["random"] * max(0, kills - 2)
+    restore_points: dict[str, list[int]] = {}
+    phase = 0
+    while True:
+        args = ("sweep", space, "--name", name, "--storage", storage) if phase == 0 else \
+            ("resume", name, "--storage", storage)
+        before = {d: len(r) for d, r in study_reports(study).items()} if study.exists() else {}
+        proc = subprocess.Popen(_cli(*args), cwd=workdir, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        moment = moments[phase] if phase < len(moments) else None
+        killed = False
+        if moment is not None:
+            killed = _kill_at(proc, study, moment, rng)
+        if not killed:
+            _, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                problems.append(f"phase {phase} ({args[0]}) exited {proc.returncode}: {err[-800:]}")
+                break
+        log(f"  phase {phase}: {args[0]} {'killed (' + moment + ')' if killed else 'completed'}")
+        # where each trial restarted in this phase
+        for d, rows in study_reports(study).items():
+            new = rows[before.get(d, 0):]
+            if new and before.get(d, 0):
+                restore_points.setdefault(d, []).append(new[0]["iter"] - EVAL_EVERY)
+        phase += 1
+        if not killed:
+            break
+        if phase > kills + 3:
+            problems.append("study did not complete after all resumes")
+            break
+
+    if not problems:
+        from orchestrator.storage import Storage
+        from orchestrator.tables import load_trials
+
+        trials = load_trials(Storage.open(storage), name)
+        ids = [t["trial_id"] for t in trials]
+        if len(ids) != len(set(ids)):
+            problems.append(f"a trial id appears twice: {ids}")
+        planned = {k for k in reference_metrics}
+        got = {tuple(t["config"][k] for k in KEYS) for t in trials}
+        if got != planned:
+            problems.append(f"trials {sorted(got)} differ from the planned {sorted(planned)}")
+        if any(t["state"] != "terminated" for t in trials):
+            problems.append(f"unfinished trials: {[(t['trial_id'], t['state']) for t in trials]}")
+        for d, points in restore_points.items():
+            if points != sorted(points):
+                problems.append(f"{d}: restore points went backwards across resumes: {points}")
+        final = final_by_config(study)
+        for key, ref in reference_metrics.items():
+            if final.get(key) != ref:
+                problems.append(f"trial {key}: final {final.get(key)} != uninterrupted {ref}")
+    return problems
+
+
+def _kill_at(proc: subprocess.Popen, study: Path, moment: str, rng: random.Random) -> bool:
+    """Wait for ``moment`` and SIGKILL the driver's process group; False if it finished first."""
+    deadline = time.time() + 300
+
+    def finished_any() -> bool:
+        return any(r and r[-1].get("done") for r in study_reports(study).values()) if study.exists() else False
+
+    def checkpoints() -> set:
+        return set(glob.glob(str(study / "trial_*" / "checkpoint_*")))
+
+    if moment == "before_first_finish":
+        while time.time() < deadline and proc.poll() is None:
+            if any(study_reports(study).values()) if study.exists() else False:
+                break
+            time.sleep(0.05)
+        if finished_any():
+            pass  # still kill: the scenario just loses this precise moment
+    elif moment == "after_checkpoint":
+        seen = checkpoints()
+        while time.time() < deadline and proc.poll() is None and not (checkpoints() - seen):
+            time.sleep(0.02)
+    else:
+        until = time.time() + rng.uniform(4.0, 14.0)
+        while time.time() < until and proc.poll() is None:
+            time.sleep(0.05)
+    if proc.poll() is not None:
+        return False
+    kill_group(proc)
+    return True
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=10, help="scenarios to run (default: %(default)s)")
+    p.add_argument("--kills", type=int, default=3, help="driver kills per scenario (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random kill times (default: %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = p.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="adder-stress-"))
+    print(f"working in {workdir}")
+    ref = reference(workdir)
+    passed = failed = 0
+    for i in range(args.runs):
+        t0 = time.time()
+        print(f"scenario {i + 1}/{args.runs}")
+        problems = run_scenario(workdir, ref, seed=args.seed * 1000 + i, kills=args.kills)
+        if problems:
+            failed += 1
+            print(f"  FAILED ({time.time() - t0:.0f}s): " + "; ".join(problems))
+        else:
+            passed += 1
+            print(f"  passed ({time.time() - t0:.0f}s)")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Fault injection on real Ray: killed drivers and workers, diverging trials, damaged files."""
+import json
+import os
+import signal
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.stress_resume import SPACE, final_by_config, run_scenario
+from orchestrator.cli import main
+from orchestrator.storage import Storage
+from orchestrator.study import resume
+from orchestrator.tables import load_reports, load_trials
+from tests.conftest import run_cli, run_study, write_space
+from trainables import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp_path_factory):
+    """Final metrics of an uninterrupted run of the stress study."""
+    d = tmp_path_factory.mktemp("reference")
+    run_study(write_space(d / "stress.yaml", SPACE), d / "res", "reference")
+    return final_by_config(d / "res" / "reference")
+
+
+@pytest.mark.slow
+def test_driver_killed_three_times_then_resumed(reference, tmp_path):
+    problems = run_scenario(tmp_path, reference, seed=1, kills=3, log=lambda *a: None)
+    assert problems == []
+
+
+def _kill_worker_when(study_dir, min_iter, killed):
+    """Background thread: SIGKILL the worker of the first trial that reports iter >= min_iter."""
+    def watch():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for f in study_dir.glob("trial_*/result.json"):
+                for line in f.read_text().splitlines():
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    if r["iter"] >= min_iter and r["status"] == "running":
+                        os.kill(r["pid"], signal.SIGKILL)
+                        killed.append((f.parent.name, r["pid"], r["iter"]))
+                        return
+            time.sleep(0.05)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_worker_killed_is_retried_from_its_checkpoint(reference, tmp_path):
+    space = write_space(tmp_path / "s.yaml", SPACE)  # max_failures: 1
+    killed = []
+    watcher = _kill_worker_when(tmp_path / "res" / "retry", 150, killed)
+    out = run_study(space, tmp_path / "res", "retry")
+    watcher.join()
+    assert killed, "no worker was killed"
+    assert out.states == {"TERMINATED": 4}
+    st = Storage.open(tmp_path / "res")
+    victim = next(t for t in load_trials(st, "retry") if t["dir"] == killed[0][0])
+    assert victim["num_failures"] == 1
+    iters = [r["iter"] for r in load_reports(st, "retry", victim["dir"])]
+    assert iters[0] == 25 and iters.count(iters[-1]) == 1  # restarted mid-way, not from scratch
+    assert iters.index(150) < len(iters) - 1 - iters[::-1].index(150) or 150 in iters
+    assert final_by_config(tmp_path / "res" / "retry") == reference
+
+
+def test_errored_trial_is_resumed_even_from_a_damaged_checkpoint(reference, tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", SPACE.replace("max_failures: 1", "max_failures: 0"))
+    killed = []
+    watcher = _kill_worker_when(tmp_path / "res" / "err", 150, killed)
+    out = run_study(space, tmp_path / "res", "err")
+    watcher.join()
+    assert out.states == {"TERMINATED": 3, "ERROR": 1} and not out.interrupted
+    st = Storage.open(tmp_path / "res")
+    errored = next(t for t in load_trials(st, "err") if t["state"] == "errored")
+    trial_dir = tmp_path / "res" / "err" / errored["dir"]
+    # damage the newest checkpoint: resume must fall back to the one before it
+    newest = sorted(trial_dir.glob("checkpoint_*"))[-1] / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    p = run_cli("status", "--storage", tmp_path / "res", check=0)
+    assert "err" in p.stdout and "yes" in p.stdout
+    assert main(["resume", "err", "--storage", str(tmp_path / "res")]) == 0
+    trials = load_trials(st, "err")
+    assert all(t["state"] == "terminated" for t in trials)
+    assert final_by_config(tmp_path / "res" / "err") == reference
+    # it restarted from the checkpoint before the damaged one (Ray's checkpoint rotation later replaces both)
+    reports = load_reports(st, "err", errored["dir"])
+    restarts = [(a["iter"], b["iter"]) for a, b in zip(reports, reports[1:]) if b["iter"] <= a["iter"]]
+    assert len(restarts) == 1
+    last_before, first_after = restarts[0]
+    newest_ckpt_iter = last_before // 50 * 50  # checkpoints every 2 reports of 25 iterations
+    assert first_after == newest_ckpt_iter - 50 + 25  # from the checkpoint before the damaged one
+
+
+def test_diverging_trial_ends_diverged_and_others_are_unaffected(ray_local, tmp_path, capsys):
+    space = write_space(tmp_path / "d.yaml", """\
+# one absurd learning rate among sane ones
+name: div
+space:
+  lr: {grid: [1.0e+22, 0.001]}
+  seed: 1
+  digits: 5
+  iters: 300
+  eval_every: 5
+  eval_size: 500
+  target: 1.5
+  threads: 1
+""")
+    run_study(space, tmp_path / "res", "div")
+    st = Storage.open(tmp_path / "res")
+    by_lr = {t["config"]["lr"]: t for t in load_trials(st, "div")}
+    bad = load_reports(st, "div", by_lr[1e22]["dir"])
+    assert bad[-1]["status"] == "diverged" and bad[-1]["iter"] < 300
+    assert all(r["loss"] < float("inf") for r in bad[:-1])  # reports before the divergence are finite
+    assert bad[-1]["exact_acc"] == (bad[-2]["exact_acc"] if len(bad) > 1 else 0.0)  # last finite metrics kept
+    good = load_reports(st, "div", by_lr[0.001]["dir"])
+    plain = []
+    train(TrainConfig.from_flat({**by_lr[0.001]["config"]}), report=lambda m, c: plain.append(m))
+    strip = lambda rows: [(r["iter"], r["loss"], r["exact_acc"]) for r in rows]  # noqa: E731
+    assert strip(good) == strip(plain)  # the Tune adapter gives the plain loop's numbers
+    assert main(["report", "div", "--storage", str(tmp_path / "res"), "--no-plots"]) == 0
+    assert "diverged" in capsys.readouterr().out
+    trials = pq.read_table(tmp_path / "res" / "div" / "trials.parquet").to_pylist()
+    assert sorted(t["outcome"] for t in trials) == ["budget", "diverged"]
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, tmp_path_factory):
+    d = tmp_path_factory.mktemp("finished")
+    space = write_space(d / "s.yaml", SPACE.replace("iters: 400", "iters: 100"))
+    run_study(space, d / "res", "done")
+    return d
+
+
+def _copy_study(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_experiment_state_is_a_clear_error(finished, tmp_path, capsys):
+    study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
+    state = max(study.glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    before = sorted(p.name for p in study.iterdir())
+    assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert state.name in err and ("unreadable" in err or "cannot restore" in err), err
+    assert main(["status", "--storage", str(tmp_path / "res")]) == 0
+    assert "unreadable" in capsys.readouterr().out
+    assert sorted(p.name for p in study.iterdir()) == before
+
+
+def test_missing_trial_folder_is_a_clear_error(finished, tmp_path, capsys):
+    import shutil
+
+    study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
+    # make one trial unfinished in Ray's state, then delete its folder
+    state_file = max(study.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["status"] = "RUNNING"
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    shutil.rmtree(study / trial["relative_logdir"])
+    assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert trial["relative_logdir"] in err and "missing" in err
+
+
+def test_truncated_table_is_rebuilt_by_report(finished, tmp_path, capsys):
+    study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
+    assert main(["report", "done", "--storage", str(tmp_path / "res"), "--no-plots"]) == 0
+    table = study / "trials.parquet"
+    table.write_bytes(table.read_bytes()[:100])
+    with pytest.raises(Exception):
+        pq.read_table(table)
+    assert main(["report", "done", "--storage", str(tmp_path / "res"), "--no-plots"]) == 0
+    assert pq.read_table(table).num_rows == 4
+
+
+def test_truncated_run_checkpoint_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", "--len=3", "--iters=40", "--eval-every=20", "--out", out, "--quiet", check=0)
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:300])
+    p = run_cli("train", "--resume", out, "--quiet")
+    assert p.returncode == 2 and "checkpoint.pt: checkpoint is unreadable" in p.stderr
+    assert ckpt.exists() and (out / "metrics.parquet").exists()
