@@ -81,8 +81,11 @@ class CoreShare:
     """How many cores other processes kept busy while a block ran (``with CoreShare() as s: ...; s.others``).
 
     The machine's busy CPU-seconds minus this process's own, divided by the wall time: 0.0 means the run had the
-    machine to itself, 1.0 means another process used one full core throughout."""
+    machine to itself, 1.0 means another process used one full core throughout. ``include_children`` also counts
+    as "own" the children this process has waited for meanwhile (a benchmark run as a subprocess); processes
+    that are still running or that nobody in this tree reaped count as others."""
 
+    include_children: bool = False
     others: Optional[float] = None
     wall_s: float = 0.0
     _t0: float = field(default=0.0, repr=False)
@@ -90,20 +93,21 @@ class CoreShare:
     _self0: float = field(default=0.0, repr=False)
 
     def __enter__(self) -> "CoreShare":
-        self._t0, self._busy0, self._self0 = time.perf_counter(), _machine_busy_seconds(), _self_cpu_seconds()
+        self._t0, self._busy0 = time.perf_counter(), _machine_busy_seconds()
+        self._self0 = _self_cpu_seconds(self.include_children)
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall_s = time.perf_counter() - self._t0
         busy1 = _machine_busy_seconds()
         if self._busy0 is not None and busy1 is not None and self.wall_s > 0:
-            mine = _self_cpu_seconds() - self._self0
+            mine = _self_cpu_seconds(self.include_children) - self._self0
             self.others = max(0.0, (busy1 - self._busy0 - mine) / self.wall_s)
 
 
-def _self_cpu_seconds() -> float:
+def _self_cpu_seconds(include_children: bool = False) -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + ((t.children_user + t.children_system) if include_children else 0.0)
 
 
 # -- timing -------------------------------------------------------------------------------------------------

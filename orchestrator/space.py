@@ -39,6 +39,7 @@ SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "stop", "scheduler", "search", "resources",
               "max_concurrent", "checkpoint_every", "max_failures", "space")
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200}
+SMOKE_GRID_POINTS = 8
 
 
 class SpaceError(UserError):
@@ -110,21 +111,27 @@ class StudySpec:
         return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 
     def smoke(self) -> "StudySpec":
-        """The same study with a tiny iteration budget."""
-        space = dict(self.space)
-        for k, v in SMOKE.items():
-            if not isinstance(space.get(k), Dist):
-                space[k] = min(v, space.get(k, v)) if k != "iters" else v
-        space["iters"] = SMOKE["iters"]
+        """The study in miniature, to try a file: 40 iterations (a report every 20, on 200 examples), at most
+        2 samples, scheduler milestones scaled to match, and at most SMOKE_GRID_POINTS grid points: in file order,
+        each grid keeps its first and last value while the product stays within the limit, later grids their
+        first value only (so put the keys whose code paths matter -- cell, mode, schedule -- first)."""
+        space, points = {}, 1
+        for k, v in self.space.items():
+            if isinstance(v, Dist) and v.kind == "grid":
+                ends = v.args if len(v.args) <= 2 else [v.args[0], v.args[-1]]
+                ends = ends if points * len(ends) <= SMOKE_GRID_POINTS else ends[:1]
+                points *= len(ends)
+                v = Dist("grid", ends)
+            space[k] = v
+        space.update(SMOKE)
         sched = dict(self.scheduler)
-        for knob in ("max_t",):
-            if knob in sched:
-                sched[knob] = SMOKE["iters"]
+        if "max_t" in sched:
+            sched["max_t"] = SMOKE["iters"]
         for knob in ("grace_period", "perturbation_interval"):
             if knob in sched:
                 sched[knob] = SMOKE["eval_every"]
-        return StudySpec(**{**self.__dict__, "space": space, "scheduler": sched,
-                            "checkpoint_every": 1})
+        return StudySpec(**{**self.__dict__, "space": space, "scheduler": sched, "checkpoint_every": 1,
+                            "num_samples": min(self.num_samples, 2)})
 
     def with_overrides(self, *, max_concurrent=None, cpus=None, gpus=None) -> "StudySpec":
         res = dict(self.resources)

@@ -270,9 +270,8 @@ def _fit(tuner, storage: Storage, name: str) -> Outcome:
     interrupted = False
     try:
         grid = tuner.fit()
+        _record_final_states(grid, storage, name)
         states: dict[str, int] = {}
-        for result in grid:
-            pass
         trials = trial_states(storage, name)
         for s in trials.values():
             states[s] = states.get(s, 0) + 1
@@ -283,6 +282,20 @@ def _fit(tuner, storage: Storage, name: str) -> Outcome:
     finally:
         storage.delete(storage.join(name, DRIVER_FILE))
     return Outcome(name, storage.uri(name), states, interrupted, storage.root)
+
+
+def _record_final_states(grid, storage: Storage, name: str) -> None:
+    """Ray's last experiment-state snapshot can predate a trial's final failure (it then still says RUNNING);
+    the driver's in-memory trials know better. Record their states against that snapshot's file name."""
+    from .tables import FINAL_STATES, experiment_state_path
+
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    state_path = experiment_state_path(storage, name)
+    if not trials or state_path is None:
+        return
+    record = {"experiment_state": state_path.rsplit("/", 1)[-1],
+              "states": {t.trial_id: t.status for t in trials}}
+    storage.write_text(storage.join(name, FINAL_STATES), json.dumps(record, indent=1) + "\n")
 
 
 def trial_states(storage: Storage, name: str) -> dict[str, str]:

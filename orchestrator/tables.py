@@ -11,6 +11,7 @@ from typing import Any
 from .errors import UserError
 from .storage import Storage
 
+FINAL_STATES = "final_states.json"
 RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "terminated",
               "ERROR": "errored"}
 
@@ -34,16 +35,15 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     path = experiment_state_path(storage, name)
     if path is None:
         return []
+    final = _final_states(storage, name, path)
     try:
         state = json.loads(storage.read_text(path))
         rows = []
         for trial_json, runtime_json in state["trial_data"]:
             t = json.loads(trial_json)
             rt = json.loads(runtime_json)
-            status = t["status"]
+            status = final.get(t["trial_id"], t["status"])
             trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
-            if status in ("RUNNING", "PENDING", "PAUSED") and trial_dir and _failed_last(storage, name, trial_dir):
-                status = "ERROR"
             rows.append({
                 "trial_id": t["trial_id"],
                 "ray_status": status,
@@ -61,16 +61,19 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _failed_last(storage: Storage, name: str, trial_dir: str) -> bool:
-    """True if the trial's last event was an error: Ray's final snapshot can still call a trial that failed
-    with max_failures exhausted RUNNING, but it writes error.txt into the trial folder after its last report."""
-    from pyarrow.fs import FileType
-
-    err = storage.fs.get_file_info(storage.join(name, trial_dir, "error.txt"))
-    if err.type == FileType.NotFound:
-        return False
-    res = storage.fs.get_file_info(storage.join(name, trial_dir, "result.json"))
-    return res.type == FileType.NotFound or (err.mtime_ns or 0) >= (res.mtime_ns or 0)
+def _final_states(storage: Storage, name: str, state_path: str) -> dict[str, str]:
+    """Trial states the driver recorded when its run ended (see study._record_final_states), if they belong to
+    the newest experiment-state file; a later resume writes a new state file and so supersedes them."""
+    path = storage.join(name, FINAL_STATES)
+    if not storage.exists(path):
+        return {}
+    try:
+        record = json.loads(storage.read_text(path))
+    except ValueError:
+        return {}
+    if record.get("experiment_state") != state_path.rsplit("/", 1)[-1]:
+        return {}
+    return record.get("states", {})
 
 
 def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, Any]]:

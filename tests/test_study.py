@@ -202,4 +202,18 @@ def test_shipped_file_runs_in_smoke_mode(ray_local, tmp_path, path, capsys):
     assert main(["sweep", str(path), "--smoke", "--storage", str(tmp_path), "--name", "smoke"]) == 0
     spec, _ = read_space_file(path)
     trials = load_trials(Storage.open(tmp_path), "smoke")
-    assert len(trials) == spec.num_trials() and all(t["state"] == "terminated" for t in trials)
+    assert len(trials) == spec.smoke().num_trials() and all(t["state"] == "terminated" for t in trials)
+    assert all(load_reports(Storage.open(tmp_path), "smoke", t["dir"])[-1]["iter"] <= 40 for t in trials)
+
+
+def test_smoke_keeps_grid_extremes_and_shrinks_the_budget():
+    from orchestrator.space import parse_space
+
+    spec = parse_space("num_samples: 5\nscheduler: {type: asha, max_t: 3000, grace_period: 100}\nspace:\n"
+                       "  digits: {grid: [10, 20, 50, 100]}\n  cell: {grid: [rnn, lstm, gru]}\n"
+                       "  iters: {grid: [1000, 3000]}\n  mode: {grid: [seed, full]}\n  seed: {grid: [0, 1]}\n",
+                       "s.yaml").smoke()
+    assert spec.space["digits"].args == [10, 100] and spec.space["cell"].args == ["rnn", "gru"]
+    assert spec.space["mode"].args == ["seed", "full"] and spec.space["seed"].args == [0]  # at most 8 points
+    assert spec.space["iters"] == 40 and spec.num_samples == 2 and spec.num_trials() == 16
+    assert spec.scheduler == {"type": "asha", "max_t": 40, "grace_period": 20}
