@@ -103,6 +103,9 @@ def session_processes(sid: int) -> dict[int, str]:
     return out
 
 
+TRIAL_TITLES = ("ray::ImplicitFunc", "ray::run_trial")  # process titles Ray gives a function trainable's worker
+
+
 class SweepWatch:
     """Follows a study folder from outside while its sweep runs (see the module docstring)."""
 
@@ -113,6 +116,7 @@ class SweepWatch:
         self.reports: list[dict] = []  # result.json lines, plus "_t" (s since launch) and "_trial" (folder)
         self.hwm_kb: dict[int, int] = {}  # pid -> highest VmHWM seen, every process of the sweep's session
         self.ran_task: set[int] = set()
+        self.titles: dict[int, str] = {}
         self.total_rss_kb = 0  # highest sum of VmRSS over the session's processes at one poll
         self._last_proc_poll = -1e9
         self._offsets: dict[Path, int] = {}
@@ -165,14 +169,15 @@ class SweepWatch:
                     continue
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), kb[0])
                 total += kb[1]
-                if cmd.startswith("ray::") and not cmd.startswith("ray::IDLE"):
-                    self.ran_task.add(pid)  # a Ray worker busy with a task or actor (a trial), not a spare
+                if cmd.startswith(TRIAL_TITLES):
+                    self.ran_task.add(pid)  # a Ray worker holding a trial's actor (not a spare, not an agent)
+                    self.titles[pid] = cmd
             self.total_rss_kb = max(self.total_rss_kb, total)
 
     def workers(self) -> set[int]:
-        """Trial workers: the pids the reports name, and every Ray worker process of the session seen running a
-        task (titled ``ray::<name>``, not ``ray::IDLE``), which catches workers that ended between two polls of
-        the reports."""
+        """Trial workers: the pids the reports name, and every process of the session seen holding a trial
+        (Ray titles it ``ray::ImplicitFunc...`` for a function trainable), which catches workers that ended
+        between two polls of the reports."""
         return {r["pid"] for r in self.reports if "pid" in r} | self.ran_task
 
 

@@ -144,8 +144,9 @@ class StudySpec:
 
 
 # -- loading -----------------------------------------------------------------------------------------------
-def read_space_file(path: str | Path) -> tuple[StudySpec, str]:
-    """Load and validate a search-space file; returns the spec and the file's text."""
+def read_space_file(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[StudySpec, str]:
+    """Load and validate a search-space file; returns the spec and the file's text.
+    ``overrides`` are ``KEY=VALUE`` strings (VALUE in YAML) replacing entries of ``space`` before validation."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such search-space file")
@@ -155,10 +156,21 @@ def read_space_file(path: str | Path) -> tuple[StudySpec, str]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read ({exc})") from None
-    return parse_space(text, str(path), default_name=path.stem), text
+    return parse_space(text, str(path), default_name=path.stem, overrides=overrides), text
 
 
-def parse_space(text: str, source: str, default_name: str = "study") -> StudySpec:
+def parse_override(item: str) -> tuple[str, Any]:
+    """``digits=100`` or ``lr={grid: [0.01, 0.1]}`` -> (key, parsed YAML value)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set digits=100 or --set 'seed={{grid: [0, 1]}}'")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+
+
+def parse_space(text: str, source: str, default_name: str = "study", overrides: tuple[str, ...] = ()) -> StudySpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -173,6 +185,10 @@ def parse_space(text: str, source: str, default_name: str = "study") -> StudySpe
         raise SpaceError(source, [("file", "is empty; a search-space file needs at least a 'space' mapping")])
     if not isinstance(raw, dict):
         raise SpaceError(source, [("file", f"top level must be a mapping of study keys, got {type(raw).__name__}")])
+    if overrides:
+        space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
+        raw["space"] = {**space, **dict(parse_override(o) for o in overrides)}
+        source = f"{source} (with --set {' '.join(overrides)})"
     return _validate(raw, source, default_name)
 
 

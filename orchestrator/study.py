@@ -166,7 +166,7 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
         storage.fs.create_dir(storage.join(name), recursive=True)
         record = {
             "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
-            "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": spec.source,
+            "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
             "address": address, "runs": [{"kind": "sweep", "command": command_line(), "at": now_iso(),
                                           "versions": package_versions()}],
         }

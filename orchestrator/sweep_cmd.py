@@ -13,6 +13,8 @@ def register(sub) -> None:
     v = sub.add_parser("validate", help="check a search-space file and print the resolved space and trial count")
     v.add_argument("file", help="search-space YAML file")
     v.add_argument("--smoke", action="store_true", help="show the space as --smoke would run it")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="as for sweep: replace one entry of the space")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("sweep", help="run a study from a search-space file on Ray Tune")
@@ -23,6 +25,9 @@ def register(sub) -> None:
     s.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed); also the torch threads")
     s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share one GPU)")
     s.add_argument("--smoke", action="store_true", help="tiny iteration budget, for trying a file quickly")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one entry of the file's space (VALUE in YAML), e.g. --set digits=100 "
+                        "--set 'seed={grid: [0]}'; recorded in the study (repeatable)")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted study (finished trials are not rerun)")
@@ -47,7 +52,7 @@ def _storage_flags(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .space import describe, read_space_file
 
-    spec, _ = read_space_file(args.file)
+    spec, _ = read_space_file(args.file, tuple(args.overrides))
     print(describe(spec.smoke() if args.smoke else spec))
     return 0
 
@@ -67,7 +72,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _check_flags(args)
     file_spec, text = read_space_file(args.file)
-    spec = file_spec.smoke() if args.smoke else file_spec
+    spec = read_space_file(args.file, tuple(args.overrides))[0] if args.overrides else file_spec
+    spec = spec.smoke() if args.smoke else spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
     outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address, file_spec=file_spec,
                      create_storage=args.storage == DEFAULT_STORAGE)

@@ -77,3 +77,14 @@ def test_unwritable_storage_fails_before_ray(tmp_path, capsys):
     assert main(["sweep", str(ROOT / "search_spaces" / "quick.yaml"), "--storage", str(blocker / "sub")]) == 2
     assert "file/sub: no such directory" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["file"]
+
+
+def test_set_overrides_entries_of_the_space(capsys):
+    path = str(ROOT / "search_spaces" / "seed_lr.yaml")
+    assert main(["validate", path, "--set", "digits={grid: [100]}", "--set", "seed=0"]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 12 (12 grid points" in out and "grid(100)" in out
+    assert main(["validate", path, "--set", "digitz=3"]) == 2
+    assert "space.digitz: unknown training-config key (did you mean 'digits'?)" in capsys.readouterr().err
+    assert main(["validate", path, "--set", "digits"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
