@@ -24,11 +24,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -38,12 +36,12 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__:
-    from .common import CoreShare, median, spread, usable_cores
+    from .common import CoreShare, median, spread
 else:  # run as a script, or imported from benchmarks/run.py run as a script
-    from common import CoreShare, median, spread, usable_cores
+    from common import CoreShare, median, spread
 
 # One place for the shapes of every section: (full, quick).
-OVERHEAD = {"full": dict(seeds=4, lrs=(1e-3, 2e-3, 3e-3, 5e-3), iters=800, rounds=2),
+OVERHEAD = {"full": dict(seeds=4, lrs=(1e-3, 2e-3, 3e-3, 5e-3), iters=800, rounds=3),
             "quick": dict(seeds=2, lrs=(1e-3, 2e-3, 3e-3, 5e-3), iters=100, rounds=1)}
 STARTUP_REPEATS = {"full": 5, "quick": 1}
 THREADS = {"full": dict(shapes=(("rnn", 11, 2), ("lstm", 11, 2), ("rnn", 100, 3), ("lstm", 100, 3)),
@@ -116,7 +114,6 @@ class SweepWatch:
         self.reports: list[dict] = []  # result.json lines, plus "_t" (s since launch) and "_trial" (folder)
         self.hwm_kb: dict[int, int] = {}  # pid -> highest VmHWM seen, every process of the sweep's session
         self.ran_task: set[int] = set()
-        self.titles: dict[int, str] = {}
         self.total_rss_kb = 0  # highest sum of VmRSS over the session's processes at one poll
         self._last_proc_poll = -1e9
         self._offsets: dict[Path, int] = {}
@@ -171,7 +168,6 @@ class SweepWatch:
                 total += kb[1]
                 if cmd.startswith(TRIAL_TITLES):
                     self.ran_task.add(pid)  # a Ray worker holding a trial's actor (not a spare, not an agent)
-                    self.titles[pid] = cmd
             self.total_rss_kb = max(self.total_rss_kb, total)
 
     def workers(self) -> set[int]:
@@ -398,6 +394,8 @@ def sweep_overhead(quick: bool, workdir: Path, cores: int) -> dict:
 STARTUP_SPACE = {"cell": "rnn", "digits": 5, "layers": 2, "iters": 20, "eval_every": 5, "eval_size": 100,
                  "target": 1.5}
 
+# What the start-up is made of, one piece after another in a fresh process: the driver's `import ray` and
+# `ray.init` (as orchestrator.study.connect calls it), then what a trial worker imports besides ray.
 RAY_INIT_PROBE = textwrap.dedent("""\
     import json, time
     t0 = time.monotonic()
@@ -406,7 +404,15 @@ RAY_INIT_PROBE = textwrap.dedent("""\
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     t2 = time.monotonic()
     ray.shutdown()
-    print(json.dumps({"import_ray_s": t1 - t0, "ray_init_s": t2 - t1}))
+    t3 = time.monotonic()
+    import ray.tune
+    t4 = time.monotonic()
+    import torch
+    t5 = time.monotonic()
+    import trainables.tune_adapter
+    t6 = time.monotonic()
+    print(json.dumps({"import_ray_s": t1 - t0, "ray_init_s": t2 - t1, "import_tune_s": t4 - t3,
+                      "import_torch_s": t5 - t4, "import_adapter_s": t6 - t5}))
 """)
 
 
@@ -428,13 +434,14 @@ def startup(quick: bool, workdir: Path) -> dict:
                            sweep_exit_s=sw.wall_s, others_cores=sw.others_cores)
             else:
                 t0 = time.monotonic()
-                p = subprocess.run([sys.executable, "-c", RAY_INIT_PROBE], cwd=workdir, capture_output=True,
+                p = subprocess.run([sys.executable, "-c", RAY_INIT_PROBE], cwd=ROOT, capture_output=True,
                                    text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
                 if p.returncode != 0:
                     raise RuntimeError(f"ray.init probe failed:\n{p.stderr[-2000:]}")
                 row.update(json.loads(p.stdout.strip().splitlines()[-1]), ray_probe_exit_s=time.monotonic() - t0)
         rows.append(row)
-    keys = ("first_report_s", "first_report_train_s", "sweep_exit_s", "import_ray_s", "ray_init_s")
+    keys = ("first_report_s", "first_report_train_s", "sweep_exit_s", "import_ray_s", "ray_init_s",
+            "import_tune_s", "import_torch_s", "import_adapter_s")
     summary = {k: median([row[k] for row in rows]) for k in keys}
     summary["first_report_spread"] = spread([row["first_report_s"] for row in rows])
     return {"rows": rows, "summary": summary, "space": STARTUP_SPACE, "sweeps": sweeps}
