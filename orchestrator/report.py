@@ -161,7 +161,10 @@ def summarize(study: Study, top: int = 5) -> dict:
     edges = []
     if len(ranked):
         first = ranked.iloc[0]
+        tied = ranked[ranked[metric] == first[metric]]
         for k in study.swept:
+            if tied[k].astype(str).nunique() > 1:
+                continue  # the best value is reached across this key's range: no edge to warn about
             note = edge_note(spec, k, _plain(first[k]))
             if note:
                 edges.append(note)
@@ -234,6 +237,10 @@ def _mark_best(study: Study, p: Pivot) -> None:
     else:
         values = {}
     where = ", ".join(f"{k}={fmt(v)}" for k, v in values.items()) or "all trials"
+    ties = int((stacked == stacked.loc[label]).sum())
+    if ties > 1:  # a tie has no single best cell, so no edge to warn about
+        p.notes.append(f"* best {p.agg} {p.value} = {fmt(stacked.loc[label])}, tied by {ties} cells (first: {where})")
+        return
     p.notes.append(f"* best {p.agg} {p.value} = {fmt(stacked.loc[label])} at {where}")
     for k, v in values.items():
         note = edge_note(study.spec, k, _plain(v))

@@ -142,7 +142,7 @@ def _partial_copy(storage: Storage, d: Path, tmp_path: Path) -> Path:
     """The study as an interruption leaves it: one trial still running (its last reports cut, and reports
     repeated by a restore from an older checkpoint), one pending that never started."""
     copy = tmp_path / "partial"
-    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("*.parquet"))
+    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("*.parquet", "final_states.json"))
     state_path = next(copy.glob("experiment_state-*.json"))
     state = json.loads(state_path.read_text())
     trials = sorted(state["trial_data"], key=lambda tr: json.loads(tr[0])["trial_id"])
