@@ -43,6 +43,8 @@ def _quiet_ray_env() -> None:
 
 def connect(address: Optional[str]) -> bool:
     """Start an embedded local Ray (address None) or connect to a cluster. Returns True if we started it."""
+    if address and address != "auto":
+        _use_local_auth_token()  # before Ray is imported: it reads the auth mode then
     import ray
 
     if ray.is_initialized():
@@ -54,8 +56,20 @@ def connect(address: Optional[str]) -> bool:
         ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--address {address}" if address else "local Ray"
-        raise UserError(f"{where}: cannot connect ({str(exc).splitlines()[0]}); is the cluster up (`ray status`)?") from None
+        raise UserError(f"{where}: cannot connect ({str(exc).splitlines()[0]}); is the cluster up (`ray status`)? "
+                        "A cluster with token authentication also needs its token here: RAY_AUTH_TOKEN, or the "
+                        "head node's ~/.ray/auth_token") from None
     return True
+
+
+def _use_local_auth_token() -> None:
+    """Ray (2.5x+) starts clusters with token authentication, and sends the token for ``auto`` and new local
+    clusters only. For an explicit address, do what Ray does for ``auto``: use a token this machine has."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return  # the user chose
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def check_fits(spec: StudySpec) -> None:

@@ -217,3 +217,21 @@ def test_smoke_keeps_grid_extremes_and_shrinks_the_budget():
     assert spec.space["mode"].args == ["seed", "full"] and spec.space["seed"].args == [0]  # at most 8 points
     assert spec.space["iters"] == 40 and spec.num_samples == 2 and spec.num_trials() == 16
     assert spec.scheduler == {"type": "asha", "max_t": 40, "grace_period": 20}
+
+
+def test_explicit_address_uses_a_local_auth_token(tmp_path, monkeypatch):
+    """Ray sends its auth token for `auto` only; for host:port we enable it when this machine has a token."""
+    from orchestrator.study import _use_local_auth_token
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    _use_local_auth_token()
+    assert "RAY_AUTH_MODE" not in os.environ
+    (tmp_path / "token").write_text("x" * 64)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    _use_local_auth_token()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _use_local_auth_token()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
