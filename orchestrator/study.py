@@ -280,19 +280,16 @@ def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
 
 
 def _fit(tuner, storage: Storage, name: str) -> Outcome:
+    from collections import Counter
+
     _write_driver(storage, name)
-    interrupted = False
     try:
         grid = tuner.fit()
         _record_final_states(grid, storage, name)
-        states: dict[str, int] = {}
-        trials = trial_states(storage, name)
-        for s in trials.values():
-            states[s] = states.get(s, 0) + 1
-        interrupted = any(s in ("PENDING", "RUNNING", "PAUSED") for s in trials.values())
-    except KeyboardInterrupt:
-        interrupted = True
-        states = {}
+        states = dict(Counter(trial_states(storage, name).values()))
+        interrupted = any(s in ("PENDING", "RUNNING", "PAUSED") for s in states)
+    except KeyboardInterrupt:  # a second Ctrl-C skips Tune's graceful stop
+        interrupted, states = True, {}
     finally:
         storage.delete(storage.join(name, DRIVER_FILE))
     return Outcome(name, storage.uri(name), states, interrupted, storage.root)
