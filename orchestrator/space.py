@@ -117,6 +117,8 @@ class StudySpec:
         first value only (so put the keys whose code paths matter -- cell, mode, schedule -- first)."""
         space, points = {}, 1
         for k, v in self.space.items():
+            if k in SMOKE:
+                continue  # replaced below; must not use up the grid-point budget
             if isinstance(v, Dist) and v.kind == "grid":
                 ends = v.args if len(v.args) <= 2 else [v.args[0], v.args[-1]]
                 ends = ends if points * len(ends) <= SMOKE_GRID_POINTS else ends[:1]

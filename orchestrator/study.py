@@ -297,7 +297,9 @@ def _fit(tuner, storage: Storage, name: str) -> Outcome:
 
 def _record_final_states(grid, storage: Storage, name: str) -> None:
     """Ray's last experiment-state snapshot can predate a trial's final failure (it then still says RUNNING);
-    the driver's in-memory trials know better. Record their states against that snapshot's file name."""
+    the driver's in-memory trials know better. Record which trials errored against that snapshot's file name.
+    Only errors: after Ctrl-C the in-memory trials read TERMINATED while the snapshot rightly keeps them
+    unfinished for resume."""
     from .tables import FINAL_STATES, experiment_state_path
 
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
@@ -305,7 +307,7 @@ def _record_final_states(grid, storage: Storage, name: str) -> None:
     if not trials or state_path is None:
         return
     record = {"experiment_state": state_path.rsplit("/", 1)[-1],
-              "states": {t.trial_id: t.status for t in trials}}
+              "states": {t.trial_id: t.status for t in trials if t.status == "ERROR"}}
     storage.write_text(storage.join(name, FINAL_STATES), json.dumps(record, indent=1) + "\n")
 
 
