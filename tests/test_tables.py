@@ -14,7 +14,7 @@ from orchestrator.storage import Storage
 from orchestrator.study import launch
 from trainables.config import field_specs
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 # target 0.6 within 200 iterations: on CPU some of these trials solve and rnn at 3 digits runs out of budget
 TINY = """\
 name: tables
