@@ -112,7 +112,9 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage):
     run_config = RunConfig(
         name=name, storage_path=storage.root, stop=spec.stop or None,
         failure_config=FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        # Two checkpoints per trial suffice to fall back from a damaged one; PBT needs more: a donor's checkpoint
+        # must outlive the recipient's restore, so there all are kept.
+        checkpoint_config=CheckpointConfig(num_to_keep=None if spec.scheduler["type"] == "pbt" else 2),
         progress_reporter=reporter, verbose=1)
     tune_config = TuneConfig(
         metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=make_scheduler(spec),

@@ -235,3 +235,39 @@ def test_explicit_address_uses_a_local_auth_token(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     _use_local_auth_token()
     assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
+
+
+def test_pbt_exploit_restarts_a_trial_from_another_checkpoint_with_a_new_lr(ray_local, tmp_path):
+    space = write_space(tmp_path / "pbt.yaml", """\
+# PBT on a wide lr range: the worst trial copies the best one's checkpoint and gets a new lr
+name: pbt
+num_samples: 4
+search: {type: random, seed: 0}
+scheduler:
+  type: pbt
+  perturbation_interval: 40
+  quantile_fraction: 0.25
+  hyperparam_mutations:
+    lr: {loguniform: [0.0003, 0.03]}
+space:
+  digits: 8
+  lr: {loguniform: [0.00001, 0.03]}
+  iters: 240
+  eval_every: 20
+  eval_size: 300
+  target: 1.5
+""")
+    out = run_study(space, tmp_path / "res", "pbt")
+    assert out.states == {"TERMINATED": 4}
+    st = Storage.open(tmp_path / "res")
+    exploited = 0
+    for t in load_trials(st, "pbt"):
+        reports = load_reports(st, "pbt", t["dir"])
+        lrs = [r["lr"] for r in reports]
+        if len(set(lrs)) > 1:
+            exploited += 1
+            switch = next(i for i in range(1, len(lrs)) if lrs[i] != lrs[i - 1])
+            # continued from the donor's checkpoint, so its iterations go on rather than restarting at 20
+            assert reports[switch]["iter"] > 20
+        assert reports[-1]["iter"] == 240
+    assert exploited >= 1

@@ -212,6 +212,10 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
 
     if status == "running":
         status = "budget"
+        if resume_from is not None and report is not None and last and it == int(resume_from["iter"]):
+            # Resumed at the end of the budget (e.g. PBT copied a finished trial's checkpoint): nothing left
+            # to train, but the caller still needs this run's final report.
+            report({**last, "status": status, "iters_to_solve": iters_to_solve}, checkpoint)
     summary = {
         "status": status,
         "iters": it,
