@@ -67,22 +67,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_parquet_atomic(table, path: str | os.PathLike) -> Path:
-    """Write a pyarrow Table through a temp file and a rename."""
+def parquet_bytes(table) -> bytes:
+    """A pyarrow Table serialised as a Parquet file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet_atomic(table, path: str | os.PathLike) -> Path:
+    """Write a pyarrow Table through a temp file and a rename."""
+    return write_atomic(path, parquet_bytes(table))
 
 
 def check_writable_dir(path: Path, what: str) -> None:

@@ -6,6 +6,7 @@ import math
 from typing import Optional
 
 from .errors import UserError
+from .space import StudySpec
 from .storage import STUDY_RECORD, Storage
 from .tables import load_trials
 
@@ -32,8 +33,7 @@ def study_summary(storage: Storage, name: str) -> dict:
             if best is None or (v > best if mode == "max" else v < best):
                 best, best_trial = v, t
     alive = driver_alive(storage, name)
-    planned = record["spec"]["num_samples"] * math.prod(
-        len(v["grid"]) for v in spec["space"].values() if isinstance(v, dict) and "grid" in v)
+    planned = StudySpec.from_json(spec).num_trials()
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(trials) < planned)
     return {"name": name, "trials": len(trials), "planned": planned, "counts": counts, "outcomes": outcomes,

@@ -56,14 +56,17 @@ class Storage:
             return f.read().decode()
 
     def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode())
+
+    def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic on local disks (temp + rename); object stores replace objects whole anyway."""
         if self.is_local:
             from .records import write_atomic
 
-            write_atomic(path, text)
+            write_atomic(path, data)
             return
         with self.fs.open_output_stream(path) as f:
-            f.write(text.encode())
+            f.write(data)
 
     def delete(self, path: str) -> None:
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -67,12 +68,12 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .space import read_space_file
+    from .space import parse_space, read_space_file
     from .study import launch
 
     _check_flags(args)
     file_spec, text = read_space_file(args.file)
-    spec = read_space_file(args.file, tuple(args.overrides))[0] if args.overrides else file_spec
+    spec = parse_space(text, args.file, Path(args.file).stem, tuple(args.overrides)) if args.overrides else file_spec
     spec = spec.smoke() if args.smoke else spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
     outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address, file_spec=file_spec,
@@ -90,9 +91,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _finish(outcome, args) -> int:
     from .status import print_study_summary
     from .storage import Storage
+    from .tables import write_tables
 
     storage = Storage.open(outcome.storage)
-    _write_tables(storage, outcome.name)
+    write_tables(storage, outcome.name)
     print()
     print_study_summary(storage, outcome.name)
     where = "" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"
@@ -104,14 +106,6 @@ def _finish(outcome, args) -> int:
               file=sys.stderr)
         return 130
     return 0
-
-
-def _write_tables(storage, name: str) -> None:
-    try:
-        from .tables import write_tables
-    except ImportError:
-        return
-    write_tables(storage, name)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

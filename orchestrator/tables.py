@@ -252,16 +252,9 @@ def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
 
 
 def _write_table(storage: Storage, table, path: str) -> None:
-    if storage.is_local:
-        from .records import write_parquet_atomic
+    from .records import parquet_bytes
 
-        write_parquet_atomic(table, path)
-        return
-    import pyarrow.parquet as pq
-
-    # Object stores replace an object whole on close, so readers never see half a table there either.
-    with storage.fs.open_output_stream(path) as f:
-        pq.write_table(table, f)
+    storage.write_bytes(path, parquet_bytes(table))
 
 
 def refresh_tables(storage: Storage, name: str):

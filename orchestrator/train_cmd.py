@@ -215,13 +215,13 @@ def _parse_operand(text: str, name: str) -> int:
     t = text.strip().replace("_", "")
     if not t.isdigit():
         raise UserError(f"{name} {text!r}: not a non-negative integer")
-    from trainables.data import _int_from_str
+    from trainables.data import int_from_str
 
-    return _int_from_str(t)
+    return int_from_str(t)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from trainables.data import _str_from_int
+    from trainables.data import str_from_int
     from trainables.loop import CheckpointError, load_model
 
     a, b = _parse_operand(args.a, "a"), _parse_operand(args.b, "b")
@@ -232,7 +232,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     result = model.add(a, b)
-    print(_str_from_int(result))
+    print(str_from_int(result))
     if result != a + b:
-        print(f"note: the model is wrong here; the true sum is {_str_from_int(a + b)}", file=sys.stderr)
+        print(f"note: the model is wrong here; the true sum is {str_from_int(a + b)}", file=sys.stderr)
     return 0

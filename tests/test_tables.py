@@ -127,11 +127,11 @@ def test_interrupted_write_keeps_previous_table(study, monkeypatch):
     _, d = study
     before = read(d / "trials.parquet")
 
-    def crash(table, where, **kw):
-        Path(where).write_bytes(b"PAR1 half a table")
+    def crash(src, dst):  # the temp file is fully written; the process dies before the rename
+        Path(src).write_bytes(b"PAR1 half a table")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pq, "write_table", crash)
+    monkeypatch.setattr(records.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         records.write_parquet_atomic(before.slice(0, 1), d / "trials.parquet")
     assert read(d / "trials.parquet").equals(before)

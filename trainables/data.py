@@ -12,7 +12,9 @@ Training batch k of a run is a pure function of (seed, k); the evaluation set is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -106,36 +108,35 @@ def digits_to_int(d: torch.Tensor | list[int]) -> int:
     """Least-significant-first digits to a Python int (any size)."""
     values = d.tolist() if isinstance(d, torch.Tensor) else list(d)
     s = "".join(str(int(v)) for v in reversed(values)).lstrip("0") or "0"
-    return _int_from_str(s)
+    return int_from_str(s)
 
 
 def int_to_digits(x: int, length: int) -> list[int]:
     """A non-negative Python int to ``length`` least-significant-first digits."""
     if x < 0:
         raise ValueError(f"only non-negative integers can be added, got {x}")
-    s = _str_from_int(x)
+    s = str_from_int(x)
     if len(s) > length:
         raise ValueError(f"{len(s)}-digit number does not fit in {length} digits")
     return [int(c) for c in reversed(s)] + [0] * (length - len(s))
 
 
-def _int_from_str(s: str) -> int:
-    import sys
-
+@contextlib.contextmanager
+def _unlimited_int_digits():
+    """Python refuses int<->str conversions past 4300 digits by default; the adder works on any size."""
     old = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+def int_from_str(s: str) -> int:
+    with _unlimited_int_digits():
         return int(s)
-    finally:
-        sys.set_int_max_str_digits(old)
 
 
-def _str_from_int(x: int) -> str:
-    import sys
-
-    old = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)
-    try:
+def str_from_int(x: int) -> str:
+    with _unlimited_int_digits():
         return str(x)
-    finally:
-        sys.set_int_max_str_digits(old)

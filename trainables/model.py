@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import digits_to_int, int_to_digits, sequence_length
+from .data import digits_to_int, int_to_digits, sequence_length, str_from_int
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -41,7 +41,7 @@ class AdderNet(nn.Module):
         """Add two non-negative Python ints of any size through the model."""
         if a < 0 or b < 0:
             raise ValueError("AdderNet.add takes non-negative integers")
-        n = _ndigits(max(a, b))
+        n = len(str_from_int(max(a, b)))
         # Pad at least to the length the model was trained on: leading zeros are what it has seen.
         T = max(n + 1, sequence_length(self.mode, self.digits))
         dev = next(self.parameters()).device
@@ -54,8 +54,3 @@ class AdderNet(nn.Module):
         finally:
             self.train(was_training)
 
-
-def _ndigits(x: int) -> int:
-    from .data import _str_from_int
-
-    return len(_str_from_int(x))
