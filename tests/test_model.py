@@ -26,3 +26,43 @@ def test_add_pads_to_any_size_and_returns_an_int():
     assert isinstance(result, int) and result >= 0
     with pytest.raises(ValueError):
         model.add(-1, 2)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+@pytest.mark.parametrize("steps", [1, 9])
+def test_fused_kernel_matches_torch_in_float64(cell, steps):
+    """Outputs and every gradient of the fused layers equal nn.RNN / nn.GRU up to float64 rounding."""
+    torch.manual_seed(0)
+    model = AdderNet(cell, 3, hidden=16, embed=8).double()
+    fused = AdderNet(cell, 3, hidden=16, embed=8, kernel="fused").double()
+    fused.load_state_dict(model.state_dict())
+    assert fused.uses_fused_kernel(torch.device("cpu")) and not model.uses_fused_kernel(torch.device("cpu"))
+    a, b = torch.randint(0, 10, (5, steps)), torch.randint(0, 10, (5, steps))
+    weights = torch.randn(5, steps, 10, dtype=torch.float64)
+    outs = []
+    for m in (model, fused):
+        out = m(a, b)
+        (out * weights).sum().backward()
+        outs.append((out.detach(), {k: p.grad for k, p in m.named_parameters()}))
+    (ref, ref_grads), (got, got_grads) = outs
+    assert got.shape == ref.shape == (5, steps, 10)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert ref_grads.keys() == got_grads.keys()
+    for k in ref_grads:
+        if steps > 1 or "weight_hh" not in k:  # one step: h_0 = 0, so W_hh gets no gradient
+            assert got_grads[k].abs().sum() > 0, k
+        torch.testing.assert_close(got_grads[k], ref_grads[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_fused_kernel_leaves_lstm_and_the_state_dict_alone():
+    torch.manual_seed(0)
+    lstm = AdderNet("lstm", 2, kernel="fused")
+    assert not lstm.uses_fused_kernel(torch.device("cpu"))  # torch's oneDNN LSTM is already fused
+    twin = AdderNet("lstm", 2)
+    twin.load_state_dict(lstm.state_dict())
+    a = torch.randint(0, 10, (4, 6))
+    assert torch.equal(lstm(a, a), twin(a, a))
+    rnn = AdderNet("rnn", 2, kernel="fused")
+    assert rnn.state_dict().keys() == AdderNet("rnn", 2).state_dict().keys()
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+        AdderNet("rnn", kernel="cuda")

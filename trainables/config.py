@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CELLS = ("rnn", "lstm", "gru")
+KERNELS = ("torch", "fused")
 DATA_MODES = ("full", "seed")
 SCHEDULES = ("fixed", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -44,6 +45,8 @@ class ModelConfig:
     """hidden units per recurrent layer"""
     embed: int = 32
     """embedding size of one digit (two operands are concatenated)"""
+    kernel: str = "torch"
+    """recurrent kernel: torch (nn.RNN/GRU/LSTM) or fused (rnn and gru on CPU: fewer ops per step, faster; results differ from torch at rounding level; lstm and CUDA always use torch's fused kernels)"""
 
 
 @dataclass
@@ -146,6 +149,7 @@ class TrainConfig:
                 p.append((name, msg))
 
         check(m.cell in CELLS, "cell", f"unknown cell {m.cell!r}; choose one of {', '.join(CELLS)}")
+        check(m.kernel in KERNELS, "kernel", f"unknown kernel {m.kernel!r}; choose one of {', '.join(KERNELS)}")
         check(m.layers >= 1, "layers", f"must be >= 1, got {m.layers}")
         check(m.hidden >= 1, "hidden", f"must be >= 1, got {m.hidden}")
         check(m.embed >= 1, "embed", f"must be >= 1, got {m.embed}")

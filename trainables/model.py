@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused
 from .data import digits_to_int, int_to_digits, sequence_length, str_from_int
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -11,11 +12,13 @@ _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 class AdderNet(nn.Module):
     def __init__(self, cell: str = "rnn", layers: int = 2, hidden: int = 64, embed: int = 32,
-                 mode: str = "full", digits: int = 11):
+                 mode: str = "full", digits: int = 11, kernel: str = "torch"):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(_CELLS)}")
-        self.cell, self.mode, self.digits = cell, mode, digits
+        if kernel not in ("torch", "fused"):
+            raise ValueError(f"unknown kernel {kernel!r}; choose torch or fused")
+        self.cell, self.mode, self.digits, self.kernel = cell, mode, digits, kernel
         self.embed = nn.Embedding(10, embed)
         self.rnn = _CELLS[cell](2 * embed, hidden, num_layers=layers, batch_first=True)
         self.dense = nn.Linear(hidden, 10)
@@ -23,10 +26,18 @@ class AdderNet(nn.Module):
     @classmethod
     def from_config(cls, config) -> "AdderNet":
         m, d = config.model, config.data
-        return cls(m.cell, m.layers, m.hidden, m.embed, d.mode, d.digits)
+        return cls(m.cell, m.layers, m.hidden, m.embed, d.mode, d.digits, m.kernel)
+
+    def uses_fused_kernel(self, device: torch.device) -> bool:
+        """``kernel: fused`` applies to rnn and gru on CPU; lstm and CUDA keep torch's (oneDNN / cuDNN) kernels."""
+        return self.kernel == "fused" and device.type == "cpu" and fused.supports(self.rnn)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, T) digits of each operand -> (B, T, 10) logits of the sum's digits."""
+        if self.uses_fused_kernel(a.device):
+            # time-major inside the fused layers; the logits go back to batch-major as a view
+            x = torch.cat([self.embed(a.t()), self.embed(b.t())], dim=-1)
+            return self.dense(fused.fused_forward(self.rnn, x)).transpose(0, 1)
         x = torch.cat([self.embed(a), self.embed(b)], dim=-1)
         out, _ = self.rnn(x)
         return self.dense(out)
