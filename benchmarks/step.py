@@ -4,13 +4,15 @@ For each cell (rnn, lstm, gru) at 11 and 100 digits, one run times, interleaved 
 
 * project   -- the step of ``trainables.loop.train``: ``train_batch`` (tensor-built data), AdderNet, cross entropy,
                ``zero_grad``, backward, Adam; the loss is accumulated on the device, nothing syncs per step;
+* fused     -- the same step with ``kernel: fused`` (``trainables/fused.py``; rnn only);
 * reference -- the assignment's style: numpy random operands, turned into reversed, zero-padded Python digit
                lists with Python loops every batch, ``torch.tensor``, the same model and optimiser, and
                ``loss.item()`` every step.
 
-It also measures fp32 ``torch.mm`` GFLOP/s on this machine (1 thread and all usable cores) and reports the
-model FLOP utilisation (MFU) of each step: its matmul FLOPs per second over the large-matmul rate at the same
-thread count. ``--explore`` adds the 100-digit experiments of docs/PERFORMANCE.md (threads, oneDNN, fused Adam,
+Each comparison runs at 1 torch thread (what a trial uses by default: one CPU per trial, threads = CPUs) and at
+all usable cores. It also measures fp32 ``torch.mm`` GFLOP/s on this machine at the same thread counts and
+reports the model FLOP utilisation (MFU) of each step: its matmul FLOPs per second over the large-matmul rate
+at the same thread count. ``--explore`` adds the 100-digit experiments of docs/PERFORMANCE.md (threads, oneDNN, fused Adam,
 bf16 autocast, larger batches, torch.compile) with a bit-identity check against the default step.
 
     python benchmarks/step.py [--repeats N] [--quick] [--explore] [--out FILE.md]
@@ -67,9 +69,9 @@ class ProjectStep:
     """One call is one iteration of ``trainables.loop.train`` (without grad clipping, which is off by default)."""
 
     def __init__(self, cell: str, digits: int, layers: int, batch: int = BATCH, *, fused_adam: bool = False,
-                 autocast_bf16: bool = False, compiled: bool = False):
+                 autocast_bf16: bool = False, compiled: bool = False, kernel: str = "torch"):
         torch.manual_seed(SEED)
-        self.model = AdderNet(cell, layers, HIDDEN, EMBED, MODE, digits)
+        self.model = AdderNet(cell, layers, HIDDEN, EMBED, MODE, digits, kernel)
         kw = {"fused": True} if fused_adam else {}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, **kw)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -192,31 +194,61 @@ def peak_gflops(matmul_rows: list[dict], threads: int) -> Optional[float]:
 
 
 # -- project vs reference -------------------------------------------------------------------------------------
-def compare_steps(repeats: int, shapes, cells, target_s: float, peak: Optional[float]) -> list[dict]:
+FUSED_CELLS = ("rnn",)
+
+
+def compare_steps(repeats: int, shapes, cells, target_s: float, peaks: dict[int, Optional[float]],
+                  thread_counts: list[int]) -> list[dict]:
+    """One row per (threads, cell, digits): project (default kernel), fused (rnn/gru) and reference, interleaved."""
     rows = []
-    threads = torch.get_num_threads()
-    for digits, layers in shapes:
-        for cell in cells:
-            cases = {"project": ProjectStep(cell, digits, layers), "reference": ReferenceStep(cell, digits, layers)}
-            calls = {name: calls_for(fn, target_s) for name, fn in cases.items()}
-            samples = interleaved(cases, repeats, calls)
-            proj, ref = median(samples["project"]), median(samples["reference"])
-            flops = step_flops(cell, layers, digits)
-            rows.append({
-                "cell": cell, "digits": digits, "layers": layers, "batch": BATCH, "threads": threads,
-                "project_ms": proj * 1e3, "project_samples_s": BATCH / proj, "project_spread": spread(samples["project"]),
-                "reference_ms": ref * 1e3, "reference_samples_s": BATCH / ref,
-                "reference_spread": spread(samples["reference"]),
-                "speedup": ref / proj,
-                "gflop_per_step": flops / 1e9,
-                "project_gflops": flops / proj / 1e9,
-                "project_mfu": (flops / proj / 1e9 / peak) if peak else None,
-                "reference_mfu": (flops / ref / 1e9 / peak) if peak else None,
-                "calls_per_round": calls,
-            })
-            print(f"  {cell:4s} {digits:3d} digits: project {proj * 1e3:8.2f} ms, reference {ref * 1e3:8.2f} ms",
-                  file=sys.stderr, flush=True)
+    saved = torch.get_num_threads()
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            peak = peaks.get(threads)
+            for digits, layers in shapes:
+                for cell in cells:
+                    cases: dict[str, Callable[[], None]] = {"project": ProjectStep(cell, digits, layers)}
+                    if cell in FUSED_CELLS:
+                        cases["fused"] = ProjectStep(cell, digits, layers, kernel="fused")
+                    cases["reference"] = ReferenceStep(cell, digits, layers)
+                    calls = {name: calls_for(fn, target_s) for name, fn in cases.items()}
+                    samples = interleaved(cases, repeats, calls)
+                    proj, ref = median(samples["project"]), median(samples["reference"])
+                    flops = step_flops(cell, layers, digits)
+                    row = {
+                        "cell": cell, "digits": digits, "layers": layers, "batch": BATCH, "threads": threads,
+                        "project_ms": proj * 1e3, "project_samples_s": BATCH / proj,
+                        "project_spread": spread(samples["project"]),
+                        "reference_ms": ref * 1e3, "reference_samples_s": BATCH / ref,
+                        "reference_spread": spread(samples["reference"]),
+                        "speedup": ref / proj,
+                        "gflop_per_step": flops / 1e9,
+                        "project_gflops": flops / proj / 1e9,
+                        "project_mfu": (flops / proj / 1e9 / peak) if peak else None,
+                        "reference_mfu": (flops / ref / 1e9 / peak) if peak else None,
+                        "calls_per_round": calls,
+                    }
+                    if "fused" in samples:
+                        fz = median(samples["fused"])
+                        row.update({"fused_ms": fz * 1e3, "fused_spread": spread(samples["fused"]),
+                                    "fused_speedup": ref / fz, "fused_vs_project": proj / fz,
+                                    "fused_gflops": flops / fz / 1e9,
+                                    "fused_mfu": (flops / fz / 1e9 / peak) if peak else None})
+                    rows.append(row)
+                    fused_txt = f", fused {row['fused_ms']:8.2f} ms" if "fused_ms" in row else ""
+                    print(f"  {threads} thr {cell:4s} {digits:3d} digits: project {proj * 1e3:8.2f} ms{fused_txt}, "
+                          f"reference {ref * 1e3:8.2f} ms", file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(saved)
     return rows
+
+
+def best_kernel(row: dict) -> tuple[str, float, Optional[float]]:
+    """(kernel, speedup over the reference, MFU) of the faster of the project's kernels in one row."""
+    if row.get("fused_ms") is not None and row["fused_ms"] < row["project_ms"]:
+        return "fused", row["fused_speedup"], row.get("fused_mfu")
+    return "torch", row["speedup"], row.get("project_mfu")
 
 
 # -- exploration at 100 digits --------------------------------------------------------------------------------
@@ -230,6 +262,7 @@ def variants(max_threads: int, with_compile: bool) -> dict[str, dict[str, Any]]:
         "bf16 autocast": {"autocast_bf16": True},
         f"batch {2 * BATCH}": {"batch": 2 * BATCH},
         f"batch {5 * BATCH}": {"batch": 5 * BATCH},
+        "kernel: fused": {"kernel": "fused"},
     }
     if with_compile:
         v["torch.compile(model)"] = {"compiled": True}
@@ -245,7 +278,7 @@ def _build(cell: str, digits: int, layers: int, settings: dict[str, Any]) -> Pro
     return ProjectStep(cell, digits, layers, settings.get("batch", BATCH),
                        fused_adam=settings.get("fused_adam", False),
                        autocast_bf16=settings.get("autocast_bf16", False),
-                       compiled=settings.get("compiled", False))
+                       compiled=settings.get("compiled", False), kernel=settings.get("kernel", "torch"))
 
 
 def _weights_after(cell, digits, layers, settings, max_threads, steps) -> list[torch.Tensor]:
@@ -312,16 +345,16 @@ def explore(repeats: int, cells, digits: int, layers: int, target_s: float, chec
 def run(repeats: int = 5, quick: bool = False, *, cells=CELLS, explore_100: bool = False,
         with_compile: bool = True) -> dict:
     """All measurements of this benchmark as plain dicts: machine, matmul, steps, explore, others_cores."""
-    target_s = 0.03 if quick else 0.4
+    target_s = 0.03 if quick else 0.3
     repeats = min(repeats, 3) if quick else repeats
     threads = sorted({1, torch.get_num_threads()})
     with CoreShare() as share:
         info = machine_info()
         print("matmul rates ...", file=sys.stderr, flush=True)
         mm = matmul_rates(threads, repeats, quick, target_s / 4)
-        peak = peak_gflops(mm, torch.get_num_threads())
+        peaks = {t: peak_gflops(mm, t) for t in threads}
         print("training steps ...", file=sys.stderr, flush=True)
-        steps = compare_steps(repeats, SHAPES, cells, target_s, peak)
+        steps = compare_steps(repeats, SHAPES, cells, target_s, peaks, threads)
         ex = []
         if explore_100:
             print("exploration at 100 digits ...", file=sys.stderr, flush=True)
@@ -332,12 +365,13 @@ def run(repeats: int = 5, quick: bool = False, *, cells=CELLS, explore_100: bool
 
 
 STEP_COLUMNS = [
-    ("cell", "cell", ""), ("digits", "digits", "d"), ("layers", "layers", "d"),
-    ("project_ms", "project ms/iter", ".2f"), ("project_samples_s", "project samples/s", ",.0f"),
-    ("reference_ms", "reference ms/iter", ".2f"), ("reference_samples_s", "reference samples/s", ",.0f"),
-    ("speedup", "speedup (ref/project)", ".2f"), ("project_gflops", "project GFLOP/s", ".2f"),
-    ("project_mfu", "project MFU", ".2%"), ("reference_mfu", "reference MFU", ".2%"),
-    ("project_spread", "project spread", ".0%"), ("reference_spread", "ref. spread", ".0%"),
+    ("threads", "threads", "d"), ("cell", "cell", ""), ("digits", "digits", "d"), ("layers", "layers", "d"),
+    ("project_ms", "project ms/iter", ".2f"), ("fused_ms", "fused ms/iter", ".2f"),
+    ("reference_ms", "reference ms/iter", ".2f"), ("project_samples_s", "project samples/s", ",.0f"),
+    ("speedup", "speedup (ref/project)", ".2f"), ("fused_speedup", "speedup (ref/fused)", ".2f"),
+    ("project_mfu", "project MFU", ".1%"), ("fused_mfu", "fused MFU", ".1%"), ("reference_mfu", "reference MFU", ".1%"),
+    ("project_spread", "project spread", ".0%"), ("fused_spread", "fused spread", ".0%"),
+    ("reference_spread", "ref. spread", ".0%"),
 ]
 MATMUL_COLUMNS = [("shape", "torch.mm fp32", ""), ("threads", "threads", "d"), ("gflops", "GFLOP/s", ".1f"),
                   ("spread", "spread", ".0%")]
