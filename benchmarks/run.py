@@ -111,12 +111,13 @@ def targets(results: dict, quick: bool) -> list[dict]:
         peak_spread = next((r["spread"] for r in st["matmul"] if r["shape"].startswith("large")
                             and r["threads"] == judged[0]["threads"]), 0.0)
 
-        def kernels(r: dict, key: str, fmt: str) -> str:
+        def kernels(r: dict, key: str, fmt: str, unit: str = "") -> str:
+            """The default kernel's value, and the fused kernel's beside it where there is one."""
             fused = r.get("fused_" + key)
             torch_v = r["speedup"] if key == "speedup" else r.get("project_" + key)
             if torch_v is None:
                 return "–"
-            return format(torch_v, fmt) + ("" if fused is None else f" (fused: {format(fused, fmt)})")
+            return format(torch_v, fmt) + unit + ("" if fused is None else f" (fused: {format(fused, fmt)}{unit})")
 
         for r in judged:
             goal = T_SPEEDUP_11 if r["digits"] == 11 else T_SPEEDUP_100 if r["digits"] == 100 else None
@@ -133,7 +134,7 @@ def targets(results: dict, quick: bool) -> list[dict]:
                        f"{r['reference_spread']:.0%})")
             spreads = [r["project_spread"], r["reference_spread"]] + ([r["fused_spread"]] if "fused_spread" in r else [])
             add(f"step {r['cell']} {r['digits']} digits >= {goal:.1f}x reference ({r['threads']} thread)",
-                kernels(r, "speedup", ".2f") + "x", best >= goal,
+                kernels(r, "speedup", ".2f", "x"), best >= goal,
                 why + others, unsteady=steady(*spreads))
         for r in judged:
             if r["digits"] != 100:

@@ -6,7 +6,7 @@ result) and each trial's ``result.json`` (one JSON line per report).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import UserError
 from .storage import Storage
@@ -121,7 +121,24 @@ def config_fields() -> list:
             for s in field_specs().values()]
 
 
-def trials_schema():
+def length_columns(lengths: Iterable[int], prefix: str = "") -> list[str]:
+    """``exact_acc@L`` and ``digit_acc@L`` per extra evaluation length (``eval_lengths``), by length."""
+    return [f"{prefix}{k}@{L}" for L in sorted(set(lengths)) for k in ("exact_acc", "digit_acc")]
+
+
+def report_lengths(reports: Iterable[dict]) -> set[int]:
+    """The extra evaluation lengths that appear in reports as ``exact_acc@L``."""
+    out = set()
+    for r in reports:
+        for key in r:
+            name, at, length = key.partition("@")
+            if at and name == "exact_acc" and length.isdigit():
+                out.add(int(length))
+    return out
+
+
+def trials_schema(lengths: Iterable[int] = ()):
+    """The trials table's schema; ``lengths`` adds ``final_exact_acc@L`` / ``final_digit_acc@L`` columns."""
     import pyarrow as pa
 
     head = [("study", pa.string()), ("trial_id", pa.string()), ("state", pa.string()), ("outcome", pa.string())]
@@ -130,15 +147,18 @@ def trials_schema():
         ("iters_to_solve", pa.int64()), ("iters_run", pa.int64()), ("reports", pa.int64()),
         ("wall_s", pa.float64()), ("train_s", pa.float64()), ("num_failures", pa.int64()),
         ("node", pa.string()), ("hostname", pa.string()), ("error_file", pa.string()), ("trial_dir", pa.string())]
+    tail += [(c, pa.float64()) for c in length_columns(lengths, "final_")]
     return pa.schema([pa.field(n, t) for n, t in head] + config_fields() + [pa.field(n, t) for n, t in tail])
 
 
-def metrics_schema():
+def metrics_schema(lengths: Iterable[int] = ()):
+    """The metrics table's schema; ``lengths`` adds ``exact_acc@L`` / ``digit_acc@L`` columns."""
     import pyarrow as pa
 
     types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
     return pa.schema([pa.field("study", pa.string()), pa.field("trial_id", pa.string())]
-                     + [pa.field(n, types[t]) for n, t in METRIC_FIELDS])
+                     + [pa.field(n, types[t]) for n, t in METRIC_FIELDS]
+                     + [pa.field(c, pa.float64()) for c in length_columns(lengths)])
 
 
 def dedupe_reports(reports: list[dict]) -> list[dict]:
@@ -204,10 +224,15 @@ def build_tables(storage: Storage, name: str):
     specs = field_specs()
     trial_rows: list[dict] = []
     metric_rows: list[dict] = []
+    per_trial = []
     for t in sorted(trials, key=lambda t: t["trial_id"]):
         reports = dedupe_reports(load_reports(storage, name, t["dir"])) if t["dir"] else []
         if not reports and t["last_result"].get("iter") is not None:
             reports = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
+        per_trial.append((t, reports))
+    lengths = report_lengths(r for _, reports in per_trial for r in reports)
+    extra = length_columns(lengths)
+    for t, reports in per_trial:
         last = reports[-1] if reports else {}
         row: dict[str, Any] = {"study": name, "trial_id": t["trial_id"], "state": t["state"],
                                "outcome": trial_outcome(t["state"], last.get("status"))}
@@ -223,12 +248,14 @@ def build_tables(storage: Storage, name: str):
             "wall_s": _num(last.get("time_total_s")), "train_s": _num(last.get("time_s")),
             "num_failures": t["num_failures"], "node": last.get("node"), "hostname": last.get("hostname"),
             "error_file": t["error_file"], "trial_dir": t["dir"],
+            **{f"final_{c}": _num(last.get(c)) for c in extra},
         })
         trial_rows.append(row)
         for r in reports:
             metric_rows.append({"study": name, "trial_id": t["trial_id"],
-                                **{k: (r.get(k) if typ != "float64" else _num(r.get(k))) for k, typ in METRIC_FIELDS}})
-    tschema, mschema = trials_schema(), metrics_schema()
+                                **{k: (r.get(k) if typ != "float64" else _num(r.get(k))) for k, typ in METRIC_FIELDS},
+                                **{c: _num(r.get(c)) for c in extra}})
+    tschema, mschema = trials_schema(lengths), metrics_schema(lengths)
     meta = _table_metadata(storage, name)
     trials_table = pa.Table.from_pylist(trial_rows, schema=tschema).replace_schema_metadata(meta)
     metrics_table = pa.Table.from_pylist(metric_rows, schema=mschema).replace_schema_metadata(meta)

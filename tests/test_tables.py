@@ -210,3 +210,26 @@ def test_every_column_is_documented():
     for schema in (tables.trials_schema(), tables.metrics_schema()):
         for name in schema.names:
             assert f"`{name}`" in doc, f"docs/results.md does not document column {name}"
+
+
+def test_extra_evaluation_lengths_become_columns(ray_local, tmp_path):
+    """eval_lengths: each trial's per-length accuracies are columns of both tables, equal to its result.json."""
+    text = TINY.replace("name: tables", "name: lengths").replace("  digits: {grid: [3, 4]}\n",
+                                                                 "  digits: 3\n  eval_lengths: [6, 12]\n")
+    storage = make_study(text, tmp_path, "lengths")
+    assert tables.write_tables(storage, "lengths") is not None
+    d = tmp_path / "lengths"
+    t = read(d / "trials.parquet")
+    m = read(d / "metrics.parquet")
+    assert t.schema.equals(tables.trials_schema([6, 12]), check_metadata=False)
+    assert m.schema.equals(tables.metrics_schema([6, 12]), check_metadata=False)
+    assert m.column_names[-4:] == ["exact_acc@6", "digit_acc@6", "exact_acc@12", "digit_acc@12"]
+    tdf, mdf = t.to_pandas().set_index("trial_id"), m.to_pandas()
+    assert len(tdf) == 2
+    for trial_id, row in tdf.iterrows():
+        lines = (d / row["trial_dir"] / "result.json").read_text().splitlines()
+        reports = [json.loads(line) for line in lines]
+        mine = mdf[mdf["trial_id"] == trial_id].sort_values("iter")
+        assert list(mine["exact_acc@12"]) == [r["exact_acc@12"] for r in reports]
+        assert row["final_exact_acc@6"] == reports[-1]["exact_acc@6"]
+        assert 0.0 <= row["final_digit_acc@12"] <= 1.0

@@ -1,7 +1,23 @@
-"""The adder model and its plain PyTorch training loop. Only ``tune_adapter`` imports Ray."""
+"""The adder model and its plain PyTorch training loop. Only ``tune_adapter`` imports Ray.
+
+The torch-backed names load on first use, so ``trainables.config`` (all a sweep's driver needs) does not pay for
+``import torch`` (about 1 s).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .config import ConfigError, TrainConfig, field_specs
-from .loop import CheckpointError, load_checkpoint, load_model, save_checkpoint, train
-from .model import AdderNet
+
+_LAZY = {"AdderNet": "model", "CheckpointError": "loop", "load_checkpoint": "loop", "load_model": "loop",
+         "save_checkpoint": "loop", "train": "loop"}
 
 __all__ = ["AdderNet", "CheckpointError", "ConfigError", "TrainConfig", "field_specs", "load_checkpoint",
            "load_model", "save_checkpoint", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,9 @@ import ray
 from ray import tune
 
 from .config import TrainConfig
-from .loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint, train
+
+# ``.loop`` (and so torch) is imported inside the functions: the sweep's driver imports this module to name the
+# trainable, and has no use for torch; the trial worker imports it when the trial starts.
 
 
 def trial_threads(config: dict, cpus: float) -> int:
@@ -27,6 +29,8 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     """The trial's latest readable checkpoint: if the newest is damaged (a truncated file), fall back to the
     earlier ones Ray kept beside it; resuming from an earlier iteration replays the same batches."""
     import pyarrow.fs as pafs
+
+    from .loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 
     try:
         with checkpoint.as_directory() as d:
@@ -50,6 +54,7 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
 
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train``."""
+    from .loop import CHECKPOINT_FILE, save_checkpoint, train
     # Ray logs every saved checkpoint at INFO from the worker; the live table already shows progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
