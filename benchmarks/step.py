@@ -4,7 +4,7 @@ For each cell (rnn, lstm, gru) at 11 and 100 digits, one run times, interleaved 
 
 * project   -- the step of ``trainables.loop.train``: ``train_batch`` (tensor-built data), AdderNet, cross entropy,
                ``zero_grad``, backward, Adam; the loss is accumulated on the device, nothing syncs per step;
-* fused     -- the same step with ``kernel: fused`` (``trainables/fused.py``; rnn only);
+* fused     -- the same step with ``kernel: fused`` (``trainables/fused.py``);
 * reference -- the assignment's style: numpy random operands, turned into reversed, zero-padded Python digit
                lists with Python loops every batch, ``torch.tensor``, the same model and optimiser, and
                ``loss.item()`` every step.
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from trainables.data import sequence_length, train_batch
+from trainables.loop import tune_allocator
 from trainables.model import AdderNet
 
 if __package__:
@@ -70,6 +71,7 @@ class ProjectStep:
 
     def __init__(self, cell: str, digits: int, layers: int, batch: int = BATCH, *, fused_adam: bool = False,
                  autocast_bf16: bool = False, compiled: bool = False, kernel: str = "torch"):
+        tune_allocator()  # as train() does; process-wide, so the reference step in this process gets it too
         torch.manual_seed(SEED)
         self.model = AdderNet(cell, layers, HIDDEN, EMBED, MODE, digits, kernel)
         kw = {"fused": True} if fused_adam else {}
@@ -194,7 +196,7 @@ def peak_gflops(matmul_rows: list[dict], threads: int) -> Optional[float]:
 
 
 # -- project vs reference -------------------------------------------------------------------------------------
-FUSED_CELLS = ("rnn",)
+FUSED_CELLS = ("rnn", "gru")  # lstm: torch's oneDNN kernel either way
 
 
 def compare_steps(repeats: int, shapes, cells, target_s: float, peaks: dict[int, Optional[float]],

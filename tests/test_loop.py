@@ -108,10 +108,11 @@ def test_device_decision():
             resolve_device("cuda")
 
 
-def test_fused_kernel_learns_and_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_fused_kernel_learns_and_resumes_bit_identically(cell, tmp_path):
     """kernel=fused: a real run learns 5-digit addition, a rerun gives the same numbers, and a resume from a
     mid-run checkpoint ends with bit-identical weights."""
-    cfg = TrainConfig.from_flat({**TINY, "kernel": "fused", "iters": 400, "target": 1.5})
+    cfg = TrainConfig.from_flat({**TINY, "cell": cell, "kernel": "fused", "iters": 400, "target": 1.5})
     full_reports = []
     full = train(cfg, report=lambda m, c: full_reports.append(m))
     assert full["final"]["exact_acc"] >= 0.9

@@ -46,7 +46,7 @@ class ModelConfig:
     embed: int = 32
     """embedding size of one digit (two operands are concatenated)"""
     kernel: str = "torch"
-    """recurrent kernel: torch (nn.RNN/GRU/LSTM) or fused (cell rnn on CPU: fewer ops per step, 1.1-1.4x faster steps; results differ from torch at rounding level; gru, lstm and CUDA keep torch's kernels)"""
+    """recurrent kernel: torch (nn.RNN/GRU/LSTM) or fused (rnn and gru on CPU: a C++ time loop built on first use, 1.2-1.6x faster steps; results differ from torch at rounding level; lstm (oneDNN) and CUDA keep torch's kernels)"""
 
 
 @dataclass

@@ -29,7 +29,7 @@ class AdderNet(nn.Module):
         return cls(m.cell, m.layers, m.hidden, m.embed, d.mode, d.digits, m.kernel)
 
     def uses_fused_kernel(self, device: torch.device) -> bool:
-        """``kernel: fused`` applies to cell rnn on CPU; gru, lstm and CUDA keep torch's kernels (trainables/fused.py)."""
+        """``kernel: fused`` (trainables/fused.py) runs rnn and gru on CPU; lstm (oneDNN) and CUDA keep torch's."""
         return self.kernel == "fused" and device.type == "cpu" and fused.supports(self.rnn)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
