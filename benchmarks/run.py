@@ -159,9 +159,9 @@ def targets(results: dict, quick: bool) -> list[dict]:
             gflops = r["fused_gflops"] if kernel == "fused" else r["project_gflops"]
             add(target, measured, None if mfu is None else mfu >= T_MFU_100,
                 f"the {kernel} step does {gflops:.1f} GFLOP/s of matmul work against {peak:.0f} GFLOP/s for a "
-                f"large fp32 matmul on {r['threads']} thread: the rest of its time goes to the small per-time-step "
-                f"matmuls (200 x 64 rows), the elementwise ops around them and their memory traffic, the embedding, "
-                f"the loss and Adam (see docs/PERFORMANCE.md){wide_txt}" + others)
+                f"large fp32 matmul on {r['threads']} thread: the rest of its time goes to moving every time step's "
+                f"activations through memory (tens of MB per layer, beyond the caches), the 303 sequential small "
+                f"matmuls (200 rows), the embedding, the loss and Adam (see docs/PERFORMANCE.md){wide_txt}" + others)
     elif "step" in results:
         add("step throughput and MFU", "section failed", False, results["step"].get("error", ""))
 
@@ -227,7 +227,8 @@ def _section_error(name: str, res: dict) -> Optional[str]:
 def md_step(res: dict) -> list[str]:
     out = [f"{res['repeats']} interleaved rounds per case (project, fused, reference in rotating order), median "
            "reported; at 1 torch thread (a trial's default) and at all usable cores. project = the default step "
-           "(`kernel: torch`), fused = `kernel: fused` (rnn only). MFU = matmul FLOPs of forward + backward per "
+           "(`kernel: torch`), fused = `kernel: fused` (rnn, gru; lstm runs oneDNN either way). MFU = matmul "
+           "FLOPs of forward + backward per "
            "second over the large-square fp32 `torch.mm` rate at the same thread count (measured in this run).",
            "", markdown_table(res["matmul"], step.MATMUL_COLUMNS), "",
            markdown_table(res["steps"], step.STEP_COLUMNS)]
