@@ -147,3 +147,16 @@ def test_allocator_tuning_applies_on_glibc():
         pytest.skip("mallopt tuning is glibc-only")
     assert tune_allocator() is True
     assert tune_allocator() is True  # idempotent
+
+
+def test_denormal_setting_does_not_change_a_stable_run():
+    """denormals=flush only changes values below 1.2e-38; a stable run gives the same numbers either way."""
+    cfg = TrainConfig.from_flat({**TINY, "iters": 150, "target": 1.5})
+    flushed = train(cfg)
+    kept = train(cfg.replace(denormals="keep"))
+    assert cfg.run.denormals == "flush"
+    for key in ("loss", "exact_acc", "digit_acc"):
+        assert flushed["final"][key] == kept["final"][key], key
+    for (k, a), b in zip(flushed["model"].state_dict().items(), kept["model"].state_dict().values()):
+        assert torch.equal(a, b), k
+    torch.set_flush_denormal(False)  # leave the process as torch starts it

@@ -132,6 +132,8 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
     device = resolve_device(r.device, gpus_assigned)
     if device.type == "cpu":
         tune_allocator()
+    # process-wide, so set on every run: a reused Ray worker may have run a trial with the other setting
+    torch.set_flush_denormal(r.denormals == "flush")
     if r.threads > 0:
         torch.set_num_threads(r.threads)
 
