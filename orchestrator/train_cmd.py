@@ -170,9 +170,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         from trainables.loop import resolve_device
 
         try:
-            resolve_device(cfg.run.device)
+            device = resolve_device(cfg.run.device)
         except RuntimeError as exc:
             raise UserError(f"--device {cfg.run.device}: {exc}") from None
+        if cfg.model.kernel == "fused" and device.type == "cpu" and cfg.model.cell != "lstm":
+            from trainables import fused
+
+            try:
+                fused.extension()  # build it before the run directory exists: no half-written run on failure
+            except fused.FusedKernelError as exc:
+                raise UserError(str(exc)) from None
         record = {"config": cfg.to_flat(), "seed": cfg.run.seed, "command": command_line(), "started": now_iso(),
                   "versions": package_versions()}
         rows = []
