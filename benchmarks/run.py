@@ -204,7 +204,9 @@ def targets(results: dict, quick: bool) -> list[dict]:
         add(f"peak RSS per worker <= {T_RSS_MB:.0f} MB", f"{mem['worker_peak_mb']:.0f} MB",
             mem["worker_peak_mb"] <= T_RSS_MB,
             f"largest in study {worst['study']} ({worst['workers']} workers, median {worst['worker_median_mb']:.0f} "
-            f"MB): a Ray worker holds Ray, torch and pyarrow in memory before the model's few MB")
+            f"MB): a Ray worker holds Ray, torch and pyarrow (about 470 MB) before the model's few MB, "
+            f"torch.optim imports torch._dynamo (+70 MB), and the tuned allocator keeps the heap pages of the "
+            f"largest step a reused worker ran (docs/PERFORMANCE.md, Memory)")
     elif "memory" in results:
         add("peak RSS per worker", "not measured", False,
             results["memory"].get("error") or "no sweep ran in this run (memory reads the sweeps' workers)")
