@@ -132,7 +132,8 @@ def targets(results: dict, quick: bool) -> list[dict]:
                 why = (f"the project's step took longer ({r['project_ms']:.2f} vs {r['reference_ms']:.2f} ms) though "
                        f"it does less work: noise (round spread {r['project_spread']:.0%} / "
                        f"{r['reference_spread']:.0%})")
-            spreads = [r["project_spread"], r["reference_spread"]] + ([r["fused_spread"]] if "fused_spread" in r else [])
+            spreads = [r["project_spread"], r["reference_spread"]]
+            spreads += [r["fused_spread"]] if "fused_spread" in r else []
             add(f"step {r['cell']} {r['digits']} digits >= {goal:.1f}x reference ({r['threads']} thread)",
                 kernels(r, "speedup", ".2f", "x"), best >= goal,
                 why + others, unsteady=steady(*spreads))

@@ -12,8 +12,9 @@ For each cell (rnn, lstm, gru) at 11 and 100 digits, one run times, interleaved 
 Each comparison runs at 1 torch thread (what a trial uses by default: one CPU per trial, threads = CPUs) and at
 all usable cores. It also measures fp32 ``torch.mm`` GFLOP/s on this machine at the same thread counts and
 reports the model FLOP utilisation (MFU) of each step: its matmul FLOPs per second over the large-matmul rate
-at the same thread count. ``--explore`` adds the 100-digit experiments of docs/PERFORMANCE.md (threads, oneDNN, fused Adam,
-bf16 autocast, larger batches, torch.compile) with a bit-identity check against the default step.
+at the same thread count. ``--explore`` adds the 100-digit experiments of docs/PERFORMANCE.md (threads, oneDNN,
+fused Adam, bf16 autocast, larger batches, torch.compile, the fused kernel) with a bit-identity check against the
+default step.
 
     python benchmarks/step.py [--repeats N] [--quick] [--explore] [--out FILE.md]
 

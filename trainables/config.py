@@ -47,7 +47,7 @@ class ModelConfig:
     embed: int = 32
     """embedding size of one digit (two operands are concatenated)"""
     kernel: str = "torch"
-    """recurrent kernel: torch (nn.RNN/GRU/LSTM) or fused (rnn and gru on CPU: a C++ time loop built on first use, 1.2-1.6x faster steps; results differ from torch at rounding level; lstm (oneDNN) and CUDA keep torch's kernels)"""
+    """recurrent kernel: torch, or fused (rnn/gru on CPU: a C++ time loop, 1.2-1.6x faster; differs in rounding)"""
 
 
 @dataclass
@@ -97,7 +97,7 @@ class RunConfig:
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default"""
     denormals: str = "flush"
-    """CPU floats below 1.2e-38: flush (to zero; unstable runs, e.g. an LSTM at lr 0.2, train up to 13x faster) or keep (IEEE gradual underflow); stable runs give identical numbers either way"""
+    """CPU floats below 1.2e-38: flush to zero (unstable runs train up to 13x faster; stable runs unchanged) or keep"""
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
