@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables import fused
 from trainables.data import sequence_length, train_batch
 from trainables.loop import tune_allocator
 from trainables.model import AdderNet
@@ -197,9 +198,6 @@ def peak_gflops(matmul_rows: list[dict], threads: int) -> Optional[float]:
 
 
 # -- project vs reference -------------------------------------------------------------------------------------
-FUSED_CELLS = ("rnn", "gru")  # lstm: torch's oneDNN kernel either way
-
-
 def compare_steps(repeats: int, shapes, cells, target_s: float, peaks: dict[int, Optional[float]],
                   thread_counts: list[int]) -> list[dict]:
     """One row per (threads, cell, digits): project (default kernel), fused (rnn/gru) and reference, interleaved."""
@@ -212,7 +210,7 @@ def compare_steps(repeats: int, shapes, cells, target_s: float, peaks: dict[int,
             for digits, layers in shapes:
                 for cell in cells:
                     cases: dict[str, Callable[[], None]] = {"project": ProjectStep(cell, digits, layers)}
-                    if cell in FUSED_CELLS:
+                    if cell in fused.CELLS:
                         cases["fused"] = ProjectStep(cell, digits, layers, kernel="fused")
                     cases["reference"] = ReferenceStep(cell, digits, layers)
                     calls = {name: calls_for(fn, target_s) for name, fn in cases.items()}

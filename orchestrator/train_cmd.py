@@ -167,15 +167,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--out {run_dir}: already exists and is not empty; pick a new directory "
                             f"or continue it with --resume {run_dir}")
         check_writable_dir(run_dir, "--out")
+        from trainables import fused
         from trainables.loop import resolve_device
 
         try:
             device = resolve_device(cfg.run.device)
         except RuntimeError as exc:
             raise UserError(f"--device {cfg.run.device}: {exc}") from None
-        if cfg.model.kernel == "fused" and device.type == "cpu" and cfg.model.cell != "lstm":
-            from trainables import fused
-
+        if fused.used_for(cfg.model.kernel, cfg.model.cell, device):
             try:
                 fused.extension()  # build it before the run directory exists: no half-written run on failure
             except fused.FusedKernelError as exc:

@@ -61,28 +61,39 @@ def _strip_timing(rows):
     return [{k: v for k, v in r.items() if k not in ("samples_per_s", "time_s")} for r in rows]
 
 
+def _assert_same_weights(a, b):
+    for (k, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def _interrupt_and_resume(cfg, tmp_path, at: int):
+    """Run ``cfg``, checkpoint and interrupt it at iteration ``at``, resume from that checkpoint.
+    Returns (reports of both parts, the checkpoint state, the resumed run's summary)."""
+    reports = []
+
+    def stop(metrics, checkpoint):
+        reports.append(metrics)
+        if metrics["iter"] == at:
+            save_checkpoint(checkpoint(), tmp_path / "checkpoint.pt")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=stop)
+    state = load_checkpoint(tmp_path)
+    resumed = train(cfg, report=lambda m, c: reports.append(m), resume_from=state)
+    return reports, state, resumed
+
+
 def test_resume_is_bit_identical(tmp_path):
     cfg = TrainConfig.from_flat({**TINY, "cell": "lstm", "iters": 300, "schedule": "plateau", "lr": 0.01,
                                  "target": 1.5})
     full_reports = []
     full = train(cfg, report=lambda m, c: full_reports.append(m))
 
-    part_reports = []
-
-    def stop_at_150(metrics, checkpoint):
-        part_reports.append(metrics)
-        if metrics["iter"] == 150:
-            save_checkpoint(checkpoint(), tmp_path / "checkpoint.pt")
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, report=stop_at_150)
-    state = load_checkpoint(tmp_path)
+    part_reports, state, resumed = _interrupt_and_resume(cfg, tmp_path, at=150)
     assert state["iter"] == 150
-    resumed = train(cfg, report=lambda m, c: part_reports.append(m), resume_from=state)
     assert _strip_timing(part_reports) == _strip_timing(full_reports)
-    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
-        assert torch.equal(a, b), k
+    _assert_same_weights(full, resumed)
 
 
 def test_load_model_and_corrupt_checkpoint(tmp_path):
@@ -121,20 +132,9 @@ def test_fused_kernel_learns_and_resumes_bit_identically(cell, tmp_path):
     train(cfg, report=lambda m, c: again.append(m))
     assert _strip_timing(again) == _strip_timing(full_reports)
 
-    part_reports = []
-
-    def stop_at_200(metrics, checkpoint):
-        part_reports.append(metrics)
-        if metrics["iter"] == 200:
-            save_checkpoint(checkpoint(), tmp_path / "checkpoint.pt")
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, report=stop_at_200)
-    resumed = train(cfg, report=lambda m, c: part_reports.append(m), resume_from=load_checkpoint(tmp_path))
+    part_reports, _, resumed = _interrupt_and_resume(cfg, tmp_path, at=200)
     assert _strip_timing(part_reports) == _strip_timing(full_reports)
-    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
-        assert torch.equal(a, b), k
+    _assert_same_weights(full, resumed)
 
 
 def test_allocator_tuning_applies_on_glibc():
@@ -157,6 +157,5 @@ def test_denormal_setting_does_not_change_a_stable_run():
     assert cfg.run.denormals == "flush"
     for key in ("loss", "exact_acc", "digit_acc"):
         assert flushed["final"][key] == kept["final"][key], key
-    for (k, a), b in zip(flushed["model"].state_dict().items(), kept["model"].state_dict().values()):
-        assert torch.equal(a, b), k
+    _assert_same_weights(flushed, kept)
     torch.set_flush_denormal(False)  # leave the process as torch starts it

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FusedKernelError", "extension", "fused_forward", "supports"]
+__all__ = ["CELLS", "FusedKernelError", "extension", "fused_forward", "supports", "used_for"]
 
+CELLS = ("rnn", "gru")  # lstm keeps torch's oneDNN kernel (module docstring)
 SOURCE = Path(__file__).with_name("fused_ext.cpp")
 _EXT: Any = None
 _LOCK = threading.Lock()
@@ -45,6 +46,8 @@ class FusedKernelError(RuntimeError):
 def extension() -> Any:
     """The compiled loops, built on first use (torch caches the build and rebuilds when the source changes)."""
     global _EXT
+    if _EXT is not None:  # called on every layer's forward and backward: no lock once loaded
+        return _EXT
     with _LOCK:
         if _EXT is None:
             from torch.utils import cpp_extension
@@ -58,6 +61,11 @@ def extension() -> Any:
                     f"kernel fused: cannot build {SOURCE.name} ({first[:300]}); it needs a C++ compiler and "
                     f"ninja (pip install ninja). Use kernel: torch instead.") from exc
     return _EXT
+
+
+def used_for(kernel: str, cell: str, device: torch.device) -> bool:
+    """Whether a model with this ``kernel`` setting and ``cell`` runs the fused loops on ``device``."""
+    return kernel == "fused" and cell in CELLS and device.type == "cpu"
 
 
 def supports(rnn: nn.RNNBase) -> bool:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from . import fused
+from .config import KERNELS
 from .data import digits_to_int, int_to_digits, sequence_length, str_from_int
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -16,8 +17,8 @@ class AdderNet(nn.Module):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(_CELLS)}")
-        if kernel not in ("torch", "fused"):
-            raise ValueError(f"unknown kernel {kernel!r}; choose torch or fused")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
         self.cell, self.mode, self.digits, self.kernel = cell, mode, digits, kernel
         self.embed = nn.Embedding(10, embed)
         self.rnn = _CELLS[cell](2 * embed, hidden, num_layers=layers, batch_first=True)
@@ -30,7 +31,7 @@ class AdderNet(nn.Module):
 
     def uses_fused_kernel(self, device: torch.device) -> bool:
         """``kernel: fused`` (trainables/fused.py) runs rnn and gru on CPU; lstm (oneDNN) and CUDA keep torch's."""
-        return self.kernel == "fused" and device.type == "cpu" and fused.supports(self.rnn)
+        return fused.used_for(self.kernel, self.cell, device) and fused.supports(self.rnn)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, T) digits of each operand -> (B, T, 10) logits of the sum's digits."""
