@@ -1,4 +1,5 @@
-# make test  -- create .venv if missing, install adder-sweep with its dev extra, run the suite
+# make test  -- create .venv if missing, install adder-sweep with its dev extra (and, as root, the system packages
+#              some tests need: tests/sysdeps.sh), run the suite
 # make sweep -- install, then run search_spaces/quick.yaml on an embedded local Ray and print the result
 PYTHON ?= python3
 VENV   ?= .venv
@@ -6,7 +7,7 @@ TORCH  ?= torch>=2.3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test sweep bench clean
+.PHONY: install sysdeps test sweep bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+sysdeps:
+	@tests/sysdeps.sh
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 sweep: $(STAMP)
 	$(BIN)/adder-sweep sweep search_spaces/quick.yaml

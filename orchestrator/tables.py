@@ -30,34 +30,109 @@ def experiment_state_path(storage: Storage, name: str) -> str | None:
     return max(files, key=lambda i: i.base_name).path
 
 
+# Ray keeps no format version in its experiment-state files, and they are private: this reader was tested against
+# the Ray releases below (pyproject.toml bounds Ray to them). A study that a Ray outside them ran is refused with one
+# line, and so is a state file whose shape is not the one read here -- never a table built from a guess.
+RAY_STATE_TESTED = ((2, 44), (2, 60))
+TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
+
+
+def _ray_minor(version: str) -> tuple[int, int] | None:
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def tested_ray_range() -> str:
+    (a, b), (c, d) = RAY_STATE_TESTED
+    return f"{a}.{b}-{c}.{d}"
+
+
+def check_ray_versions(storage: Storage, name: str) -> None:
+    """UserError if a Ray outside RAY_STATE_TESTED wrote (ran) this study, by the versions its record holds."""
+    from .storage import STUDY_RECORD
+
+    try:
+        record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
+    except (OSError, ValueError, FileNotFoundError):
+        return  # no record: the caller reports that
+    lo, hi = RAY_STATE_TESTED
+    for run in record.get("runs", []):
+        version = (run.get("versions") or {}).get("ray")
+        minor = _ray_minor(version) if version else None
+        if minor is not None and not lo <= minor <= hi:
+            raise UserError(f"study {name!r} was run with Ray {version} ({run.get('kind', 'run')} of "
+                            f"{run.get('at', '?')}), but this adder-sweep reads the experiment state of Ray "
+                            f"{tested_ray_range()} only; use an adder-sweep release made for Ray {version}")
+
+
+def _format_problem(state: Any) -> str | None:
+    """What is not as this reader expects in a parsed experiment-state file, or None."""
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        return "no 'trial_data' list at its top level"
+    for i, entry in enumerate(state["trial_data"]):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            return f"trial entry {i} is not a pair of JSON texts"
+    return None
+
+
+def _trial_problem(t: Any, rt: Any) -> str | None:
+    if not isinstance(t, dict) or not isinstance(rt, dict):
+        return "not a JSON object"
+    for key, types in (("trial_id", str), ("status", str), ("config", dict)):
+        if not isinstance(t.get(key), types):
+            return f"no {key!r} of the expected type"
+    if t["status"] not in TRIAL_STATUSES:
+        return f"unknown trial status {t['status']!r}"
+    if not isinstance(t.get("relative_logdir") or t.get("custom_dirname"), (str, type(None))):
+        return "a trial directory that is not a string"
+    if not isinstance(rt.get("last_result") or {}, dict) or not isinstance(rt.get("num_failures", 0), int):
+        return "run metadata of an unexpected shape"
+    return None
+
+
 def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     """One dict per trial: trial_id, ray_status, state, config, last_result, num_failures, dir, error_file."""
     path = experiment_state_path(storage, name)
     if path is None:
         return []
+    check_ray_versions(storage, name)
     final = _final_states(storage, name, path)
+    where = storage.uri(name, path.rsplit("/", 1)[-1])
     try:
         state = json.loads(storage.read_text(path))
-        rows = []
-        for trial_json, runtime_json in state["trial_data"]:
-            t = json.loads(trial_json)
-            rt = json.loads(runtime_json)
-            status = final.get(t["trial_id"], t["status"])
-            trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
-            rows.append({
-                "trial_id": t["trial_id"],
-                "ray_status": status,
-                "state": RAY_STATES.get(status, status.lower()),
-                "config": t["config"],
-                "dir": t.get("relative_logdir") or t.get("custom_dirname"),
-                "last_result": rt.get("last_result") or {},
-                "num_failures": rt.get("num_failures", 0),
-                "error_file": rt.get("error_filename"),
-            })
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{storage.uri(name, path.rsplit('/', 1)[-1])}: experiment state is unreadable "
-                        f"({type(exc).__name__}: {exc}); it may be truncated. Ray keeps no older copy; "
-                        "the per-trial folders are intact") from None
+    except ValueError as exc:
+        raise UserError(f"{where}: experiment state is unreadable ({type(exc).__name__}: {exc}); it may be "
+                        "truncated. Ray keeps no older copy; the per-trial folders are intact") from None
+    problem = _format_problem(state)
+    rows = []
+    for i, entry in enumerate([] if problem else state["trial_data"]):
+        try:
+            t, rt = json.loads(entry[0]), json.loads(entry[1])
+        except ValueError as exc:
+            problem = f"trial entry {i} is not JSON ({exc})"
+            break
+        problem = _trial_problem(t, rt)
+        if problem:
+            problem = f"trial entry {i}: {problem}"
+            break
+        status = final.get(t["trial_id"], t["status"])
+        rows.append({
+            "trial_id": t["trial_id"],
+            "ray_status": status,
+            "state": RAY_STATES.get(status, status.lower()),
+            "config": t["config"],
+            "dir": t.get("relative_logdir") or t.get("custom_dirname"),
+            "last_result": rt.get("last_result") or {},
+            "num_failures": rt.get("num_failures", 0),
+            "error_file": rt.get("error_filename"),
+        })
+    if problem:
+        raise UserError(f"{where}: experiment state in a format this adder-sweep does not read ({problem}); it reads "
+                        f"the state of Ray {tested_ray_range()} -- is the study from another Ray version, or is "
+                        "the file damaged?")
     return rows
 
 

@@ -133,15 +133,24 @@ def write_metrics(rows: list[dict], path: Path) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The reports a run wrote so far; a damaged file is a UserError naming it (a resume must not lose them)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.exists():
         return []
-    return pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: unreadable ({(str(exc).splitlines() or [''])[0]}); the run's reports are damaged "
+                        "-- restore the file, or delete it to continue without the earlier reports") from None
+    if rows and not all(isinstance(r.get("iter"), int) for r in rows):
+        raise UserError(f"{path}: not a run's metrics table (no integer 'iter' column)")
+    return rows
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainables.loop import load_checkpoint, train
+    from trainables.loop import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint, train
 
     overrides = config_overrides(args)
     resume_state = None
@@ -155,8 +164,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = set(overrides) - {"iters"}
         if extra:
             raise UserError(f"--resume keeps the run's config; only --iters may change (got {', '.join(sorted(extra))})")
+        model_from_checkpoint(resume_state, run_dir / CHECKPOINT_FILE)  # config and weights must fit, or exit 2
         cfg = TrainConfig.from_flat({**resume_state["config"], **overrides}, source="flags")
-        record = json.loads((run_dir / "run.json").read_text())
+        try:
+            record = json.loads((run_dir / "run.json").read_text())
+        except (ValueError, OSError) as exc:
+            raise UserError(f"{run_dir / 'run.json'}: unreadable ({exc}); the run record is damaged") from None
         record.setdefault("resumed", []).append({"command": command_line(), "at": now_iso(),
                                                  "from_iter": resume_state["iter"]})
         rows = [r for r in read_metrics(run_dir / "metrics.parquet") if r["iter"] <= resume_state["iter"]]

@@ -73,3 +73,141 @@ def test_gpu_request_on_a_cpu_machine_fails_before_any_trial(ray_local, tmp_path
     assert main(["sweep", QUICK, "--gpus-per-trial", "1", "--storage", str(tmp_path), "--name", "g"]) == 2
     assert "asks for 1 GPU but the Ray cluster has 0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- damaged, foreign and crafted checkpoints: `add`, `train --resume` and a trial's restore ---------------------
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint.pt would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _good_state(run_dir):
+    import torch
+
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+def _crafted(run_dir, marker):
+    import torch
+
+    torch.save({**_good_state(run_dir), "best": _RunsCode(marker)}, run_dir / "checkpoint.pt")
+
+
+def _missing_config(run_dir, marker):
+    import torch
+
+    state = _good_state(run_dir)
+    del state["config"]
+    torch.save(state, run_dir / "checkpoint.pt")
+
+
+def _other_version(run_dir, marker):
+    import torch
+
+    torch.save({**_good_state(run_dir), "format": "adder-sweep-checkpoint/9"}, run_dir / "checkpoint.pt")
+
+
+def _foreign(run_dir, marker):
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2).state_dict(), run_dir / "checkpoint.pt")  # somebody else's weights
+
+
+def _truncated(run_dir, marker):
+    p = run_dir / "checkpoint.pt"
+    p.write_bytes(p.read_bytes()[:400])
+
+
+def _not_torch(run_dir, marker):
+    (run_dir / "checkpoint.pt").write_text("hello\n")
+
+
+def _wrong_weights(run_dir, marker):
+    import torch
+
+    state = _good_state(run_dir)
+    state["model"] = {k: v[..., :1] if v.dim() else v for k, v in state["model"].items()}
+    torch.save(state, run_dir / "checkpoint.pt")
+
+
+CHECKPOINT_CASES = [
+    (_crafted, "refused to load: the file asks to import or call posix.system"),
+    (_missing_config, "damaged checkpoint: missing config"),
+    (_other_version, "checkpoint format 'adder-sweep-checkpoint/9', but this version of adder-sweep reads "
+                     "'adder-sweep-checkpoint/1'"),
+    (_foreign, "not an adder-sweep checkpoint (no 'format' key"),
+    (_truncated, "checkpoint is unreadable"),
+    (_not_torch, "checkpoint is unreadable"),
+    (_wrong_weights, "damaged checkpoint: the weights do not fit its config (Error(s) in loading state_dict for AdderNet: size mismatch"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--len=3", "--iters=20", "--eval-every=10", "--eval-size=50", "--threads=1",
+                 "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("command", ["add", "resume"])
+@pytest.mark.parametrize("damage, message", CHECKPOINT_CASES, ids=[c[0].__name__.strip("_") for c in CHECKPOINT_CASES])
+def test_bad_checkpoint_is_one_clear_line(trained_run, tmp_path, capsys, command, damage, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "code-ran"
+    damage(run, marker)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    argv = ["add", str(run), "1", "2"] if command == "add" else ["train", "--resume", str(run), "--iters", "40",
+                                                                 "--quiet"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert message in err[0] and "checkpoint.pt" in err[0], err[0]
+    assert not marker.exists(), "loading the checkpoint ran code"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_truncated_metrics_table_under_train_resume(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    table = run / "metrics.parquet"
+    table.write_bytes(table.read_bytes()[:60])
+    assert main(["train", "--resume", str(run), "--iters", "40", "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "metrics.parquet: unreadable" in err[0], err
+    assert len(table.read_bytes()) == 60
+
+
+def test_trial_restore_skips_a_crafted_checkpoint_for_an_earlier_one(trained_run, tmp_path):
+    """A trial's newest checkpoint in storage was replaced by a crafted file: the restore refuses it without
+    running it and falls back to the earlier checkpoint Ray kept."""
+    import shutil
+
+    from ray import tune
+
+    from trainables.tune_adapter import load_trial_checkpoint
+
+    trial = tmp_path / "trial"
+    for i in (0, 1):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        shutil.copy(trained_run / "checkpoint.pt", trial / f"checkpoint_00000{i}" / "checkpoint.pt")
+    marker = tmp_path / "code-ran"
+    _crafted(trial / "checkpoint_000001", marker)
+    state = load_trial_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000001")))
+    assert state["iter"] == 20 and not marker.exists()
+    _crafted(trial / "checkpoint_000000", marker)
+    from trainables.loop import CheckpointError
+
+    with pytest.raises(CheckpointError, match="refused to load.*no earlier readable checkpoint"):
+        load_trial_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000001")))
+    assert not marker.exists()

@@ -15,7 +15,7 @@ from orchestrator.study import launch
 from trainables.config import field_specs
 
 from tests.conftest import ROOT  # noqa: E402
-# target 0.6 within 200 iterations: on CPU some of these trials solve and rnn at 3 digits runs out of budget
+# target 0.4 within 200 iterations: some of these trials solve (0.6 did on torch 2.13 and 2.14; 0.4 leaves a margin)
 TINY = """\
 name: tables
 space:
@@ -24,7 +24,7 @@ space:
   iters: 200
   eval_every: 20
   eval_size: 200
-  target: 0.6
+  target: 0.4
 checkpoint_every: 2
 """
 
@@ -76,7 +76,7 @@ def test_one_row_per_trial_and_typed_config(study):
     assert set(zip(df["cell"], df["digits"])) == {("rnn", 3), ("rnn", 4), ("gru", 3), ("gru", 4)}
     assert (df["state"] == "terminated").all()
     assert set(df["outcome"]) <= {"solved", "budget"}
-    assert (df["iters"] == 200).all() and (df["eval_size"] == 200).all() and (df["target"] == 0.6).all()
+    assert (df["iters"] == 200).all() and (df["eval_size"] == 200).all() and (df["target"] == 0.4).all()
     assert df["wall_s"].gt(0).all() and df["node"].notna().all()
 
 
@@ -233,3 +233,41 @@ def test_extra_evaluation_lengths_become_columns(ray_local, tmp_path):
         assert list(mine["exact_acc@12"]) == [r["exact_acc@12"] for r in reports]
         assert row["final_exact_acc@6"] == reports[-1]["exact_acc@6"]
         assert 0.0 <= row["final_digit_acc@12"] <= 1.0
+
+
+def test_a_state_format_or_ray_version_it_cannot_read_is_one_clear_error(study, tmp_path):
+    """Ray's experiment state is private and unversioned: a shape this reader does not know, or a study that a
+    Ray outside the tested releases ran, is refused with one line -- never a wrong table."""
+    from orchestrator.errors import UserError
+
+    _, d = study
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy / "tables", ignore=shutil.ignore_patterns("*.parquet"))
+    s = Storage.open(copy)
+    state_path = next((copy / "tables").glob("experiment_state-*.json"))
+    good = state_path.read_text()
+
+    state = json.loads(good)
+    state["trial_data"] = {json.loads(t)["trial_id"]: [t, r] for t, r in state["trial_data"]}  # a new layout
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"experiment state in a format this adder-sweep does not read \(no "
+                                        r"'trial_data' list.*reads the state of Ray 2\.\d+-2\.\d+"):
+        tables.build_tables(s, "tables")
+
+    state = json.loads(good)
+    t, r = state["trial_data"][0]
+    state["trial_data"][0] = [json.dumps({**json.loads(t), "status": "SUSPENDED"}), r]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(UserError, match="trial entry 0: unknown trial status 'SUSPENDED'"):
+        tables.build_tables(s, "tables")
+
+    state_path.write_text(good)
+    assert tables.build_tables(s, "tables")[0].num_rows == 4
+    record_path = copy / "tables" / "adder_study.json"
+    record = json.loads(record_path.read_text())
+    record["runs"].append({"kind": "resume", "at": "2027-01-01T00:00:00+00:00", "versions": {"ray": "3.1.0"}})
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"study 'tables' was run with Ray 3\.1\.0 \(resume of 2027-01-01.*reads the "
+                                        r"experiment state of Ray 2\.\d+-2\.\d+ only"):
+        tables.build_tables(s, "tables")
+    assert not list((copy / "tables").glob("*.parquet"))

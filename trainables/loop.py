@@ -153,10 +153,16 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
     elapsed = 0.0  # training wall seconds, carried across resumes
     if resume_from is not None:
         ckpt_cfg = resume_from["config"]
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if scheduler is not None and resume_from.get("scheduler") is not None:
-            scheduler.load_state_dict(resume_from["scheduler"])
+        try:
+            model.load_state_dict(resume_from["model"])
+            optimizer.load_state_dict(resume_from["optimizer"])
+            if scheduler is not None and resume_from.get("scheduler") is not None:
+                scheduler.load_state_dict(resume_from["scheduler"])
+            _set_rng_state(resume_from["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint of iteration {resume_from.get('iter')} does not fit this run "
+                                  f"(cell {ckpt_cfg.get('cell')}, layers {ckpt_cfg.get('layers')} in the checkpoint "
+                                  f"vs {m.cell}, {m.layers} here): {_first_line(exc)}") from None
         if ckpt_cfg.get("lr") != o.lr:
             # A new lr in the config (PBT's exploit, or a user's explicit change) replaces the checkpoint's.
             for group in optimizer.param_groups:
@@ -166,7 +172,6 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
         last = dict(resume_from.get("last", {}))
         iters_to_solve = resume_from.get("iters_to_solve")
         elapsed = float(resume_from.get("elapsed", 0.0))
-        _set_rng_state(resume_from["rng"])
 
     lengths = [d.digits] + [L for L in d.eval_lengths if L != d.digits]
     sets = {L: eval_set(d.mode, L, d.eval_size, r.seed, device) for L in lengths}
@@ -281,8 +286,19 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file, or the checkpoint inside a run/checkpoint directory."""
+REQUIRED_KEYS = ("format", "config", "model", "optimizer", "iter", "rng")
+
+
+def _unsafe_global(exc: Exception) -> str | None:
+    """The global a weights-only load refused (e.g. ``posix.system``), if that is why it failed."""
+    import re
+
+    m = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", str(exc))  # torch >= 2.4 / 2.3
+    return m.group(1) if m else None
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file itself, given it or a run/checkpoint directory holding it."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / CHECKPOINT_FILE, path / "checkpoint" / CHECKPOINT_FILE]
@@ -292,20 +308,81 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         path = found
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and check a checkpoint file, or the checkpoint inside a run/checkpoint directory.
+
+    A checkpoint is data, never code: it is read with ``weights_only=True``, so a file that would import or call
+    anything beyond tensors and plain containers is refused before any of it runs. Every way a file can be wrong
+    (missing, truncated, not ours, another format version, keys missing) is a CheckpointError naming the file."""
+    import pickle
+
+    path = checkpoint_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
-        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {exc}); "
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        culprit = _unsafe_global(exc)
+        if culprit is not None:
+            raise CheckpointError(f"{path}: refused to load: the file asks to import or call {culprit}, which a "
+                                  "checkpoint never contains (loading it could run code); it is not an adder-sweep "
+                                  "checkpoint -- do not use files from sources you do not trust") from None
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {_first_line(exc)}); "
                               "it may be truncated -- resume from an earlier checkpoint or retrain") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {_first_line(exc)}); "
+                              "it may be truncated -- resume from an earlier checkpoint or retrain") from None
+    check_checkpoint(state, path)
     return state
+
+
+def _first_line(exc: Exception) -> str:
+    """The informative start of an exception's text: its first line, or the first two when the first only
+    announces a list (torch's "Error(s) in loading state_dict for AdderNet:")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text[:240]
+
+
+def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
+    """Raise CheckpointError unless ``state`` is a checkpoint dict of the format this version reads."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (it holds a {type(state).__name__}, not the "
+                              f"checkpoint dict of format {CHECKPOINT_FORMAT})")
+    fmt = state.get("format")
+    if fmt is None:
+        keys = ", ".join(sorted(map(str, state))[:6]) or "none"
+        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (no 'format' key; its keys: {keys}); "
+                              f"this version reads format {CHECKPOINT_FORMAT}")
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {fmt!r}, but this version of adder-sweep reads "
+                              f"{CHECKPOINT_FORMAT!r}; use the adder-sweep version that wrote it")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
+    if not isinstance(state["config"], dict) or not isinstance(state["model"], dict) \
+            or not isinstance(state["iter"], int):
+        raise CheckpointError(f"{path}: damaged checkpoint: config, model or iter has the wrong type")
+
+
+def model_from_checkpoint(state: dict, path: str | os.PathLike) -> AdderNet:
+    """The AdderNet a checked checkpoint describes, with its weights (CheckpointError if they do not fit)."""
+    from .config import ConfigError
+
+    try:
+        config = TrainConfig.from_flat(state["config"], source="config")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint: its {exc}") from None
+    model = AdderNet.from_config(config)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint: the weights do not fit its config "
+                              f"({_first_line(exc)})") from None
+    return model
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AdderNet:
     """An AdderNet from a run directory or checkpoint file; the architecture comes from the checkpoint."""
-    state = load_checkpoint(path)
-    config = TrainConfig.from_flat(state["config"], source=str(path))
-    model = AdderNet.from_config(config)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model_from_checkpoint(load_checkpoint(path), checkpoint_file(path)).to(device).eval()
