@@ -3,7 +3,7 @@
 # make sweep -- install, then run search_spaces/quick.yaml on an embedded local Ray and print the result
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch>=2.3
+TORCH  ?= torch>=2.4
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 

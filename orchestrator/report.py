@@ -46,7 +46,7 @@ class Study:
 
 def load_study(name_or_path: str, storage_root: str) -> Study:
     """Read a study's record and (re)build its tables; UserError if it does not exist or has no trials."""
-    from .study import read_record, study_location
+    from .storage import read_record, study_location
     from .tables import refresh_tables
 
     storage, name = study_location(name_or_path, storage_root)
@@ -265,9 +265,8 @@ def compare(a: Study, b: Study, by: Optional[list[str]] = None, value: Optional[
             return pd.Series([s.trials[col].agg(agg)], index=pd.Index(["all"], name="trials"))
         return s.trials.groupby(by, dropna=False)[col].agg(agg)
 
-    table = pd.concat({a.name: agg_of(a), b.name: agg_of(b)}, axis=1)
-    if a.name == b.name:
-        table.columns = [f"{a.name} (A)", f"{b.name} (B)"]
+    names = (a.name, b.name) if a.name != b.name else (f"{a.name} (A)", f"{b.name} (B)")
+    table = pd.concat({names[0]: agg_of(a), names[1]: agg_of(b)}, axis=1)
     table["B - A"] = table.iloc[:, 1] - table.iloc[:, 0]
     differs = []
     from trainables.config import field_specs

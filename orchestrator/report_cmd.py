@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from .errors import UserError
-from .sweep_cmd import DEFAULT_STORAGE
+from .storage import DEFAULT_STORAGE
 
 
 def register(sub) -> None:
@@ -121,10 +121,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    from .study import read_record, study_location
+    from .storage import read_record, study_location
 
     storage, name = study_location(args.study, args.storage)
     read_record(storage, name)
+    if not storage.is_local:
+        raise UserError(f"board needs the study on a local disk (TensorBoard here reads no {storage.uri(name)}); "
+                        f"copy it first, e.g. `aws s3 sync {storage.uri(name).split('?')[0]} ./{name}`, then "
+                        f"`adder-sweep board ./{name}`")
     logdir = storage.uri(name)
     port = free_port(args.host) if args.port == 0 else args.port
     cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port), "--host", args.host]

@@ -13,9 +13,19 @@ from .tables import load_trials
 STATE_ORDER = ("pending", "running", "terminated", "errored")
 
 
-def study_summary(storage: Storage, name: str) -> dict:
-    from .study import driver_alive
+def driver_note(storage: Storage, name: str) -> str | None:
+    """Who runs the study now, from its claim: None if nobody (or a driver of this host that is gone)."""
+    from .claim import holder_alive_here, on_this_host, read_claim
 
+    info = read_claim(storage, name)
+    if info is None or (on_this_host(info) and not holder_alive_here(info)):
+        return None
+    if on_this_host(info):
+        return f"running now (pid {info.get('pid')})"
+    return f"claimed by host {info.get('host')} (pid {info.get('pid')}; resume takes over if its heartbeat stopped)"
+
+
+def study_summary(storage: Storage, name: str) -> dict:
     record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
     spec = record["spec"]
     metric, mode = spec["metric"], spec["mode"]
@@ -32,12 +42,13 @@ def study_summary(storage: Storage, name: str) -> dict:
         if isinstance(v, (int, float)) and math.isfinite(v):
             if best is None or (v > best if mode == "max" else v < best):
                 best, best_trial = v, t
-    alive = driver_alive(storage, name)
+    driver = driver_note(storage, name)
+    alive = driver is not None
     planned = StudySpec.from_json(spec).num_trials()
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(trials) < planned)
     return {"name": name, "trials": len(trials), "planned": planned, "counts": counts, "outcomes": outcomes,
-            "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "driver_alive": alive,
+            "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "driver_alive": alive, "driver": driver,
             "resumable": resumable, "created": record.get("created"), "source": record.get("source")}
 
 
@@ -63,7 +74,7 @@ def print_study_summary(storage: Storage, name: str) -> None:
 def print_status(storage_root: str, name: Optional[str]) -> int:
     storage = Storage.open(storage_root)
     if name is not None:
-        from .study import read_record, study_location
+        from .storage import read_record, study_location
 
         storage, name = study_location(name, storage_root)
         read_record(storage, name)
@@ -83,7 +94,7 @@ def print_status(storage_root: str, name: Optional[str]) -> int:
             continue
         c = s["counts"]
         best = f"{s['metric']}={_fmt(s['best'])}" if s["best"] is not None else "-"
-        res = "running now" if s["driver_alive"] else ("yes" if s["resumable"] else "no (complete)")
+        res = s["driver"] if s["driver_alive"] else ("yes" if s["resumable"] else "no (complete)")
         print(f"{n:<40} {s['trials']:>3}/{s['planned']:<3} {c['pending']:>5} {c['running']:>5} {c['terminated']:>5} "
               f"{c['errored']:>5}  {best:>12}  {res}")
     return 0

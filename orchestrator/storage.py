@@ -8,6 +8,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pyarrow.fs as pafs
 
@@ -16,11 +17,25 @@ from .errors import UserError
 STUDY_RECORD = "adder_study.json"
 
 
+DEFAULT_STORAGE = "./results"
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/dir?endpoint_override=...`` -> (``s3://bucket/dir``, ``endpoint_override=...``)."""
+    base, _, query = uri.partition("?")
+    return base.rstrip("/"), query
+
+
 @dataclass
 class Storage:
-    root: str  # what Ray gets as storage_path: an absolute local path or a URI
+    """A storage root. ``root`` is what the user gave (for messages, records and commands to type); ``fs`` and
+    ``path`` are what pyarrow -- and Ray, given ``fs`` as its ``storage_filesystem`` -- read and write, so the
+    query form of a URI (``?endpoint_override=...&region=...``) never ends up inside a path."""
+
+    root: str  # an absolute local path, or a URI as given (query included)
     fs: pafs.FileSystem
-    path: str  # root inside fs
+    path: str  # root inside fs: a local path, or bucket/dir for an object store
+    query: str = ""
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Storage":
@@ -29,10 +44,28 @@ class Storage:
             try:
                 fs, path = pafs.FileSystem.from_uri(root)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError with its own text
-                raise UserError(f"--storage {root}: cannot open ({exc})") from None
-            return cls(root, fs, path.rstrip("/"))
+                raise UserError(f"--storage {root}: cannot open ({str(exc).splitlines()[0]})") from None
+            if isinstance(fs, pafs.LocalFileSystem):  # file:///abs/path is a local path
+                return cls(str(Path(path).resolve()), fs, str(Path(path).resolve()))
+            return cls(root, fs, path.rstrip("/"), split_uri(root)[1])
         path = str(Path(root).expanduser().resolve())
         return cls(path, pafs.LocalFileSystem(), path)
+
+    def flag(self) -> str:
+        """`` --storage ROOT`` to repeat in a suggested command, or nothing for the default ``./results``."""
+        if self.is_local and self.root == str(Path(DEFAULT_STORAGE).resolve()):
+            return ""
+        return f" --storage {self.root}" if "?" not in self.root else f" --storage '{self.root}'"
+
+    @property
+    def ray_path(self) -> str:
+        """``storage_path`` for Ray Tune beside ``storage_filesystem=ray_filesystem``."""
+        return self.path
+
+    @property
+    def ray_filesystem(self) -> Optional[pafs.FileSystem]:
+        """None for a local path (Ray's default filesystem), else this pyarrow filesystem object."""
+        return None if self.is_local else self.fs
 
     @property
     def is_local(self) -> bool:
@@ -42,8 +75,10 @@ class Storage:
         return "/".join([self.path, *parts])
 
     def uri(self, *parts: str) -> str:
-        """A location Ray understands (local path or URI) for ``parts`` under the root."""
-        return "/".join([self.root.rstrip("/"), *parts])
+        """``parts`` under the root as the user would write it: a local path, or a URI (query kept at the end)."""
+        base, query = split_uri(self.root) if not self.is_local else (self.root, "")
+        joined = "/".join([base.rstrip("/"), *parts])
+        return f"{joined}?{query}" if query else joined
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -110,3 +145,46 @@ class Storage:
             self.fs.delete_file(probe)
         except Exception as exc:
             raise UserError(f"--storage {self.root}: not writable ({exc})") from None
+
+
+def study_location(name_or_path: str, storage_root: str) -> tuple[Storage, str]:
+    """(storage, study name) for a study given by name under ``storage_root``, or by its path/URI."""
+    from .space import valid_study_name
+
+    if "://" in name_or_path or os.sep in name_or_path or name_or_path.startswith("."):
+        if "://" in name_or_path:
+            base, query = split_uri(name_or_path)
+            parent, _, name = base.rpartition("/")
+            parent = f"{parent}?{query}" if query else parent
+        else:
+            full = os.path.abspath(name_or_path)
+            parent, name = os.path.dirname(full), os.path.basename(full)
+        return Storage.open(parent), name
+    if not valid_study_name(name_or_path):
+        raise UserError(f"study name {name_or_path!r}: use letters, digits, '-', '_', '.' (no '/' or '..')")
+    return Storage.open(storage_root), name_or_path
+
+
+def read_record(storage: Storage, name: str) -> dict:
+    """The study record (``adder_study.json``); UserError if the study does not exist or the record is damaged."""
+    import json
+
+    path = storage.join(name, STUDY_RECORD)
+    if not storage.exists(storage.join(name)):
+        raise UserError(f"no study {name!r} under {storage.root}; `adder-sweep status{storage.flag()}` lists the "
+                        "studies there, `adder-sweep sweep FILE` starts one")
+    if not storage.exists(path):
+        raise UserError(f"{storage.uri(name)}: not an adder-sweep study (no {STUDY_RECORD})")
+    try:
+        record = json.loads(storage.read_text(path))
+    except ValueError as exc:
+        raise UserError(f"{storage.uri(name, STUDY_RECORD)}: unreadable ({exc}); the study record is damaged") from None
+    if not isinstance(record, dict) or "spec" not in record:
+        raise UserError(f"{storage.uri(name, STUDY_RECORD)}: damaged study record (no 'spec')")
+    return record
+
+
+def write_record(storage: Storage, name: str, record: dict) -> None:
+    import json
+
+    storage.write_text(storage.join(name, STUDY_RECORD), json.dumps(record, indent=2) + "\n")

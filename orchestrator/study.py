@@ -1,27 +1,40 @@
-"""Launch, resume and inspect studies on Ray Tune.
+"""Launch and resume studies on Ray Tune.
 
-``launch`` turns a validated StudySpec into a ``Tuner`` (current API: ``Tuner``, ``RunConfig(storage_path=...)``,
-``tune.with_resources``, ``Tuner.restore``) and records what reproduces the study in its directory:
-``adder_study.json`` (spec, YAML text, command lines, versions) and ``space.yaml``.
+``launch`` turns a validated StudySpec into a ``Tuner`` (current API: ``Tuner``, ``RunConfig(storage_path=...,
+storage_filesystem=...)``, ``tune.with_resources``, ``Tuner.restore``) and records what reproduces the study in its
+directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runtime_env) and ``space.yaml``.
+
+Order of a launch, so that a refused launch leaves nothing behind: validate, connect (orchestrator.cluster), check
+the trials fit, probe every node, claim the study name (orchestrator.claim), write the record, run Tune. After Tune
+returns, ``Outcome`` says how every trial ended, so the CLI can exit non-zero when any errored.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
+from .claim import Claim, claim_existing_study, claim_new_study
+from .cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from .errors import UserError
 from .records import command_line, now_iso, package_versions
-from .space import StudySpec, make_scheduler, make_searcher, param_space, parse_space, valid_study_name
-from .storage import STUDY_RECORD, Storage
+from .space import StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
+from .storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
-DRIVER_FILE = "driver.json"
 PARAM_COLUMNS = ("cell", "layers", "digits", "lr")
 METRIC_COLUMNS = ("iter", "loss", "exact_acc")
+
+
+@dataclass
+class TrialError:
+    trial_id: str
+    config: dict
+    message: str  # the error's telling line
+    error_file: Optional[str]  # where the full error is (a path or URI)
 
 
 @dataclass
@@ -31,6 +44,58 @@ class Outcome:
     states: dict  # Ray trial state -> count
     interrupted: bool
     storage: str
+    errors: list[TrialError] = field(default_factory=list)
+    stop_reason: Optional[str] = None  # None, "sigint", "sigterm" or "taken_over"
+    taken_by: Optional[dict] = None
+
+
+class Stopper:
+    """How a running study is stopped from outside. Ctrl-C is Ray Tune's own (a graceful stop; a second one
+    skips it). SIGTERM -- what ``ray job stop`` and Kubernetes send -- and a claim taken over by another driver do
+    the same through Tune's other stop signal, SIGUSR1. Before Tune runs, SIGTERM interrupts like Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.reason: Optional[str] = None
+        self.taken_by: Optional[dict] = None
+        self.in_tune = False
+        self._old = None
+
+    def __enter__(self) -> "Stopper":
+        try:
+            self._old = signal.getsignal(signal.SIGTERM)
+        except ValueError:
+            self._old = None
+        self.arm()
+        return self
+
+    def arm(self) -> None:
+        """(Re)install the SIGTERM handler: ray.init installs its own (which exits at once), so this runs again
+        after connecting."""
+        if self._old is None:
+            return  # not entered: a library caller (tests) keeps its signals
+        try:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        again = self.reason is not None
+        self.reason = self.reason or "sigterm"
+        if self.in_tune and not again and hasattr(signal, "SIGUSR1"):
+            signal.raise_signal(signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    def claim_lost(self, new_claim: dict) -> None:
+        """Called from the heartbeat thread: another driver took the study over; stop ours."""
+        self.taken_by = new_claim
+        self.reason = self.reason or "taken_over"
+        if self.in_tune and hasattr(signal, "SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def _quiet_ray_env() -> None:
@@ -39,37 +104,6 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Checkpoints are small and frequent by design; Ray's warning about snapshot frequency is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def connect(address: Optional[str]) -> bool:
-    """Start an embedded local Ray (address None) or connect to a cluster. Returns True if we started it."""
-    if address and address != "auto":
-        _use_local_auth_token()  # before Ray is imported: it reads the auth mode then
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    try:
-        # "local" always starts a fresh embedded instance; plain ray.init() would join any Ray started on this
-        # machine earlier (RAY_ADDRESS or /tmp/ray/ray_current_cluster), which is what --address auto is for.
-        ray.init(address=address or "local", **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"--address {address}" if address else "local Ray"
-        raise UserError(f"{where}: cannot connect ({str(exc).splitlines()[0]}); is the cluster up (`ray status`)? "
-                        "A cluster with token authentication also needs its token here: RAY_AUTH_TOKEN, or the "
-                        "head node's ~/.ray/auth_token") from None
-    return True
-
-
-def _use_local_auth_token() -> None:
-    """Ray (2.5x+) starts clusters with token authentication, and sends the token for ``auto`` and new local
-    clusters only. For an explicit address, do what Ray does for ``auto``: use a token this machine has."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return  # the user chose
-    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def check_fits(spec: StudySpec) -> None:
@@ -88,6 +122,13 @@ def check_fits(spec: StudySpec) -> None:
 def trial_resources(spec: StudySpec) -> dict:
     """Ray resources of one trial; a GPU share makes the trial train on CUDA (see trainables.loop.resolve_device)."""
     return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+
+
+def uses_fused_kernel(spec: StudySpec) -> bool:
+    from .space import Dist
+
+    kernel = spec.space.get("kernel")
+    return kernel == "fused" or (isinstance(kernel, Dist) and "fused" in kernel.args)
 
 
 def build_trainable(spec: StudySpec):
@@ -110,7 +151,7 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage):
     reporter = CLIReporter(parameter_columns=list(PARAM_COLUMNS), metric_columns=list(METRIC_COLUMNS),
                            max_report_frequency=15, sort_by_metric=False)
     run_config = RunConfig(
-        name=name, storage_path=storage.root, stop=spec.stop or None,
+        name=name, storage_path=storage.ray_path, storage_filesystem=storage.ray_filesystem, stop=spec.stop or None,
         failure_config=FailureConfig(max_failures=spec.max_failures),
         # Two checkpoints per trial suffice to fall back from a damaged one; PBT needs more: a donor's checkpoint
         # must outlive the recipient's restore, so there all are kept.
@@ -124,47 +165,34 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage):
                       run_config=run_config)
 
 
-def study_location(name_or_path: str, storage_root: str) -> tuple[Storage, str]:
-    """(storage, study name) for a study given by name under ``storage_root``, or by its path/URI."""
-    if "://" in name_or_path or os.sep in name_or_path or name_or_path.startswith("."):
-        if "://" in name_or_path:
-            parent, _, name = name_or_path.rstrip("/").rpartition("/")
-        else:
-            full = os.path.abspath(name_or_path)
-            parent, name = os.path.dirname(full), os.path.basename(full)
-        return Storage.open(parent), name
-    if not valid_study_name(name_or_path):
-        raise UserError(f"study name {name_or_path!r}: use letters, digits, '-', '_', '.' (no '/' or '..')")
-    return Storage.open(storage_root), name_or_path
+def _run_entry(kind: str, conn: Connection) -> dict:
+    return {"kind": kind, "command": command_line(), "at": now_iso(), "versions": package_versions(),
+            "address": conn.address, "auth": conn.auth}
 
 
-def _write_driver(storage: Storage, name: str) -> None:
-    storage.write_text(storage.join(name, DRIVER_FILE),
-                       json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}))
-
-
-def driver_alive(storage: Storage, name: str) -> bool:
-    """True if the driver recorded for a study still runs (checked on this host only)."""
-    path = storage.join(name, DRIVER_FILE)
-    if not storage.exists(path):
-        return False
+def _connect_and_probe(address: Optional[str], storage: Storage, spec: StudySpec, runtime_env: Optional[dict],
+                       ship_code: Optional[bool], stopper: Optional[Stopper]) -> tuple[Connection, dict]:
+    """Connect (embedded or cluster), check the trials fit and -- on a cluster -- probe every node."""
+    address = resolve_address(address)
+    ship = (address is not None) if ship_code is None else ship_code
+    env = trial_runtime_env(runtime_env, ship)
+    _quiet_ray_env()
+    conn = connect(address, env)
+    if stopper is not None:
+        stopper.arm()
     try:
-        info = json.loads(storage.read_text(path))
-    except (ValueError, OSError):
-        return False
-    if info.get("host") != socket.gethostname():
-        return True  # cannot tell; assume a driver elsewhere still runs
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
-        return False
-    except PermissionError:
-        return True
-    return True
+        check_fits(spec)
+        if not conn.embedded:
+            probe(conn, storage, fused=uses_fused_kernel(spec))
+    except BaseException:
+        disconnect(conn)
+        raise
+    return conn, {"user": runtime_env, "ship_code": ship}
 
 
 def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root: str, address: Optional[str],
-           file_spec: StudySpec, create_storage: bool = True) -> Outcome:
+           file_spec: StudySpec, create_storage: bool = True, runtime_env: Optional[dict] = None,
+           ship_code: Optional[bool] = None, stopper: Optional[Stopper] = None) -> Outcome:
     """Start a new study. ``spec`` has the command-line overrides applied; ``file_spec`` is the file as written."""
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not valid_study_name(name):
@@ -172,78 +200,67 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
     storage = Storage.open(storage_root)
     if storage.exists(storage.join(name)):
         raise UserError(f"study {name!r} already exists under {storage.root}; continue it with "
-                        f"`adder-sweep resume {name} --storage {storage.root}`, or pick another --name")
+                        f"`adder-sweep resume {name}{storage.flag()}`, or pick another --name")
     storage.check_writable(create=create_storage)
-    _quiet_ray_env()
-    started = connect(address)
+    conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
     try:
-        check_fits(spec)
-        tuner = build_tuner(spec, name, storage)
-        storage.fs.create_dir(storage.join(name), recursive=True)
-        record = {
-            "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
-            "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
-            "address": address, "runs": [{"kind": "sweep", "command": command_line(), "at": now_iso(),
-                                          "versions": package_versions()}],
-        }
-        storage.write_text(storage.join(name, STUDY_RECORD), json.dumps(record, indent=2) + "\n")
-        storage.write_text(storage.join(name, "space.yaml"), yaml_text)
-        return _fit(tuner, storage, name)
+        claim = claim_new_study(storage, name, create_parent=create_storage)
+        try:
+            tuner = build_tuner(spec, name, storage)
+            record = {
+                "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
+                "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
+                "address": conn.address, "runtime_env": env_record, "runs": [_run_entry("sweep", conn)],
+            }
+            write_record(storage, name, record)
+            storage.write_text(storage.join(name, "space.yaml"), yaml_text)
+            return _fit(tuner, storage, name, claim, stopper)
+        finally:
+            claim.release()
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect(conn)
 
 
-def read_record(storage: Storage, name: str) -> dict:
-    path = storage.join(name, STUDY_RECORD)
-    if not storage.exists(storage.join(name)):
-        raise UserError(f"no study {name!r} under {storage.root}; `adder-sweep status --storage {storage.root}` "
-                        "lists the studies there, `adder-sweep sweep FILE` starts one")
-    if not storage.exists(path):
-        raise UserError(f"{storage.uri(name)}: not an adder-sweep study (no {STUDY_RECORD})")
-    try:
-        return json.loads(storage.read_text(path))
-    except ValueError as exc:
-        raise UserError(f"{storage.uri(name, STUDY_RECORD)}: unreadable ({exc}); the study record is damaged") from None
-
-
-def resume(name_or_path: str, *, storage_root: str, address: Optional[str], space_file: Optional[str]) -> Outcome:
+def resume(name_or_path: str, *, storage_root: str, address: Optional[str], space_file: Optional[str],
+           runtime_env: Optional[dict] = None, force: bool = False, stopper: Optional[Stopper] = None) -> Outcome:
     """Continue a study with ``Tuner.restore``: finished trials stay, unfinished and errored ones resume."""
-    from ray import tune
-
     storage, name = study_location(name_or_path, storage_root)
     record = read_record(storage, name)
     spec = StudySpec.from_json(record["spec"])
     _check_space_unchanged(record, space_file)
-    if driver_alive(storage, name):
-        raise UserError(f"study {name!r} is still running (driver pid in {storage.uri(name, DRIVER_FILE)}); "
-                        "stop it first (Ctrl-C) or wait for it")
-    _quiet_ray_env()
-    started = connect(address or record.get("address"))
+    recorded_env = record.get("runtime_env") or {}
+    env = runtime_env if runtime_env is not None else recorded_env.get("user")
+    claim = claim_existing_study(storage, name, force=force)  # refuses while another driver runs the study
     try:
-        if not tune.Tuner.can_restore(storage.uri(name)):
-            raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state to restore (it was "
-                            f"interrupted before its first trial started); start it again with "
-                            f"`adder-sweep sweep {record.get('source')} --name {name}-2`")
-        check_fits(spec)
-        _check_trial_folders(storage, name)
+        conn, env_record = _connect_and_probe(address or record.get("address"), storage, spec, env,
+                                              recorded_env.get("ship_code"), stopper)
         try:
-            tuner = tune.Tuner.restore(storage.uri(name), trainable=build_trainable(spec), resume_errored=True)
-        except Exception as exc:  # Ray raises plain Exceptions/ValueErrors for damaged state files
-            raise UserError(f"study {name!r}: Ray Tune cannot restore its state ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); the experiment state files in "
-                            f"{storage.uri(name)} may be damaged") from None
-        record["runs"].append({"kind": "resume", "command": command_line(), "at": now_iso(),
-                               "versions": package_versions()})
-        storage.write_text(storage.join(name, STUDY_RECORD), json.dumps(record, indent=2) + "\n")
-        return _fit(tuner, storage, name)
+            tuner = _restore_tuner(storage, name, record, spec)
+            record["runs"].append(_run_entry("resume", conn))
+            record["runtime_env"] = env_record
+            write_record(storage, name, record)
+            return _fit(tuner, storage, name, claim, stopper)
+        finally:
+            disconnect(conn)
     finally:
-        if started:
-            import ray
+        claim.release()
 
-            ray.shutdown()
+
+def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec):
+    from ray import tune
+
+    uri, fs = f"{storage.ray_path}/{name}", storage.ray_filesystem
+    if not tune.Tuner.can_restore(uri, storage_filesystem=fs):
+        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state to restore (it was "
+                        f"interrupted before its first trial started); start it again with "
+                        f"`adder-sweep sweep {record.get('source')} --name {name}-2`")
+    _check_trial_folders(storage, name)
+    try:
+        return tune.Tuner.restore(uri, trainable=build_trainable(spec), resume_errored=True, storage_filesystem=fs)
+    except Exception as exc:  # Ray raises plain Exceptions/ValueErrors for damaged state files
+        raise UserError(f"study {name!r}: Ray Tune cannot restore its state ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); the experiment state files in "
+                        f"{storage.uri(name)} may be damaged") from None
 
 
 def _check_trial_folders(storage: Storage, name: str) -> None:
@@ -278,23 +295,68 @@ def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
                              if k not in ("source", "description", "name") and recorded.get(k) != now.get(k))
             raise UserError(f"cannot resume {name!r}: {path} changed since the study started ({', '.join(changed)} "
                             f"differ); a study's space cannot change -- restore the file (the original is in the "
-                            f"study's space.yaml) or start a new study with `adder-sweep sweep {path}`")
+                            f"study's space.yaml), grow the study with `adder-sweep extend`, or start a new study "
+                            f"with `adder-sweep sweep {path}`")
 
 
-def _fit(tuner, storage: Storage, name: str) -> Outcome:
+def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Stopper]) -> Outcome:
     from collections import Counter
 
-    _write_driver(storage, name)
+    stopper = stopper or Stopper()
+    stopper.arm()
+    claim.start_heartbeat(stopper.claim_lost)
+    errors: list[TrialError] = []
     try:
+        stopper.in_tune = True
         grid = tuner.fit()
+        stopper.in_tune = False
         _record_final_states(grid, storage, name)
-        states = dict(Counter(trial_states(storage, name).values()))
+        trials = _load_trials_quietly(storage, name)
+        states = dict(Counter(t["ray_status"] for t in trials))
         interrupted = any(s in ("PENDING", "RUNNING", "PAUSED") for s in states)
-    except KeyboardInterrupt:  # a second Ctrl-C skips Tune's graceful stop
+        errors = [_trial_error(storage, name, t) for t in trials if t["ray_status"] == "ERROR"]
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) skips Tune's graceful stop
         interrupted, states = True, {}
     finally:
-        storage.delete(storage.join(name, DRIVER_FILE))
-    return Outcome(name, storage.uri(name), states, interrupted, storage.root)
+        stopper.in_tune = False
+    reason = stopper.reason or ("sigint" if interrupted else None)
+    return Outcome(name, storage.uri(name), states, interrupted, storage.root, errors, reason, stopper.taken_by)
+
+
+def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
+    from .tables import load_trials
+
+    try:
+        return load_trials(storage, name)
+    except UserError as exc:
+        print(f"adder-sweep: cannot read the trials' final states: {exc}", file=sys.stderr)
+        return []
+
+
+def error_line(text: str) -> str:
+    """The telling line of a Ray Tune error file: the Python exception (``ValueError: ...``) if there is one, else
+    the first line after Ray's "Failure # N" header."""
+    import re
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    body = [line for line in lines if not line.startswith("Failure #")]
+    exc = [line for line in body if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", line)]
+    line = exc[-1] if exc else (body[0] if body else "")
+    return line[:300]
+
+
+def _trial_error(storage: Storage, name: str, trial: dict) -> TrialError:
+    path = None
+    message = "the trial ended in error (Ray recorded no error file)"
+    if trial.get("dir"):
+        candidate = storage.join(name, trial["dir"], trial.get("error_file") or "error.txt")
+        if storage.exists(candidate):
+            path = storage.uri(name, trial["dir"], (trial.get("error_file") or "error.txt").rsplit("/", 1)[-1])
+            try:
+                message = error_line(storage.read_text(candidate)) or message
+            except OSError:
+                pass
+    return TrialError(trial["trial_id"], trial.get("config") or {}, message, path)
 
 
 def _record_final_states(grid, storage: Storage, name: str) -> None:

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .storage import DEFAULT_STORAGE
 
-DEFAULT_STORAGE = "./results"
+# Exit codes of the commands that run trials (README "Exit codes").
+EXIT_OK, EXIT_TRIALS_ERRORED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 
 def register(sub) -> None:
@@ -29,12 +31,21 @@ def register(sub) -> None:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="replace one entry of the file's space (VALUE in YAML), e.g. --set digits=100 "
                         "--set 'seed={grid: [0]}'; recorded in the study (repeatable)")
+    s.add_argument("--runtime-env", metavar="FILE|JSON", help="Ray runtime_env for the trials, e.g. "
+                   "'{\"pip\": [\"scipy\"], \"env_vars\": {\"X\": \"1\"}}' or a JSON/YAML file; on a cluster the "
+                   "project's code is shipped as py_modules in any case (recorded; resume reuses it)")
+    s.add_argument("--no-ship-code", dest="ship_code", action="store_false", default=None,
+                   help="on a cluster, do not ship the project's code: every node has adder-sweep installed")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted study (finished trials are not rerun)")
     r.add_argument("study", help="study name under --storage, or the study's path / URI")
     _storage_flags(r)
     r.add_argument("--file", dest="space_file", help="check the study against this search-space file")
+    r.add_argument("--runtime-env", metavar="FILE|JSON", help="replace the runtime_env recorded with the study "
+                   "(see sweep --runtime-env)")
+    r.add_argument("--force", action="store_true", help="take the study over from its recorded driver without "
+                   "checking that the driver is gone (it stops when it notices)")
     r.set_defaults(func=cmd_resume)
 
     st = sub.add_parser("status", help="list studies: trials by state, best metric, whether resumable")
@@ -45,9 +56,10 @@ def register(sub) -> None:
 
 def _storage_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help="where studies live: a local or shared path, or a URI such as s3://bucket/dir (default: %(default)s)")
-    p.add_argument("--address", help="existing Ray cluster: auto, host:port or ray://host:port "
-                   "(default: start an embedded local Ray on this machine's cores)")
+                   help="where studies live: a local or shared path, or a URI such as s3://bucket/dir or "
+                        "'s3://bucket/dir?endpoint_override=http://host:9000' (default: %(default)s)")
+    p.add_argument("--address", help="existing Ray cluster: auto, host:port or ray://host:port (default: "
+                   "$RAY_ADDRESS if set, else start an embedded local Ray on this machine's cores)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -68,44 +80,94 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .cluster import load_runtime_env
     from .space import parse_space, read_space_file
-    from .study import launch
+    from .study import Stopper, launch
 
     _check_flags(args)
     file_spec, text = read_space_file(args.file)
     spec = parse_space(text, args.file, Path(args.file).stem, tuple(args.overrides)) if args.overrides else file_spec
     spec = spec.smoke() if args.smoke else spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
-    outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address, file_spec=file_spec,
-                     create_storage=args.storage == DEFAULT_STORAGE)
-    return _finish(outcome, args)
+    runtime_env = load_runtime_env(args.runtime_env)
+    with Stopper() as stopper:
+        try:
+            outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address,
+                             file_spec=file_spec, create_storage=args.storage == DEFAULT_STORAGE,
+                             runtime_env=runtime_env, ship_code=args.ship_code, stopper=stopper)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
+            return _stopped_before_start(stopper)
+    return finish(outcome, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .study import resume
+    from .cluster import load_runtime_env
+    from .study import Stopper, resume
 
-    outcome = resume(args.study, storage_root=args.storage, address=args.address, space_file=args.space_file)
-    return _finish(outcome, args)
+    runtime_env = load_runtime_env(args.runtime_env)
+    with Stopper() as stopper:
+        try:
+            outcome = resume(args.study, storage_root=args.storage, address=args.address, space_file=args.space_file,
+                             runtime_env=runtime_env, force=args.force, stopper=stopper)
+        except KeyboardInterrupt:
+            return _stopped_before_start(stopper)
+    return finish(outcome, args)
 
 
-def _finish(outcome, args) -> int:
+def _stopped_before_start(stopper) -> int:
+    print("adder-sweep: stopped before any trial ran", file=sys.stderr)
+    return EXIT_SIGTERM if stopper.reason == "sigterm" else EXIT_SIGINT
+
+
+def _describe_config(config: dict, keys: list[str]) -> str:
+    return " ".join(f"{k}={config.get(k)}" for k in keys if k in config)
+
+
+def finish(outcome, args) -> int:
+    """Tables, the summary, and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if
+    any ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over."""
+    from .space import StudySpec
     from .status import print_study_summary
-    from .storage import Storage
+    from .storage import Storage, read_record
     from .tables import write_tables
 
     storage = Storage.open(outcome.storage)
     write_tables(storage, outcome.name)
     print()
-    print_study_summary(storage, outcome.name)
-    where = "" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"
-    if not outcome.interrupted:
-        print(f"Tables and plots: adder-sweep report {outcome.name}{where}")
-    if outcome.interrupted:
-        addr = f" --address {args.address}" if getattr(args, "address", None) else ""
-        print(f"\nStudy {outcome.name} was interrupted. Resume it with:\n  adder-sweep resume {outcome.name}{where}{addr}",
+    try:
+        print_study_summary(storage, outcome.name)
+    except UserError as exc:
+        print(f"adder-sweep: {exc}", file=sys.stderr)
+    where = storage.flag()
+    addr = f" --address {args.address}" if getattr(args, "address", None) else ""
+    if outcome.stop_reason == "taken_over":
+        from .claim import describe
+
+        print(f"adder-sweep {args.command}: error: study {outcome.name} was taken over by another driver "
+              f"({describe(outcome.taken_by or {})}); this one stopped its trials and leaves the study to it",
               file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_REFUSED
+    if outcome.errors:
+        try:
+            swept = StudySpec.from_json(read_record(storage, outcome.name)["spec"]).swept_keys()
+        except (UserError, KeyError, TypeError):
+            swept = []
+        n = len(outcome.errors)
+        print(f"\nadder-sweep {args.command}: {n} trial{'s' if n != 1 else ''} ended in error:", file=sys.stderr)
+        for e in outcome.errors:
+            print(f"  {e.trial_id} ({_describe_config(e.config, swept) or 'config in trials.parquet'}): {e.message}"
+                  + (f"\n    full error: {e.error_file}" if e.error_file else ""), file=sys.stderr)
+    if outcome.interrupted:
+        why = "stopped by SIGTERM" if outcome.stop_reason == "sigterm" else "interrupted"
+        print(f"\nStudy {outcome.name} was {why}. Resume it with:\n  adder-sweep resume {outcome.name}{where}{addr}",
+              file=sys.stderr)
+        return EXIT_SIGTERM if outcome.stop_reason == "sigterm" else EXIT_SIGINT
+    if outcome.errors:
+        print(f"Errored trials continue from their last checkpoint with: adder-sweep resume {outcome.name}{where}"
+              f"{addr}", file=sys.stderr)
+        return EXIT_TRIALS_ERRORED
+    print(f"Tables and plots: adder-sweep report {outcome.name}{where}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ def experiment_state_path(storage: Storage, name: str) -> str | None:
 # Ray keeps no format version in its experiment-state files, and they are private: this reader was tested against
 # the Ray releases below (pyproject.toml bounds Ray to them). A study that a Ray outside them ran is refused with one
 # line, and so is a state file whose shape is not the one read here -- never a table built from a guess.
-RAY_STATE_TESTED = ((2, 44), (2, 60))
+RAY_STATE_TESTED = ((2, 52), (2, 60))
 TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
 
 

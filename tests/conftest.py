@@ -8,6 +8,41 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _own_ray_token() -> None:
+    """Ray (2.5x+) turns token auth on for every local ray.init() and, without a token, writes one to the user's
+    ~/.ray/auth_token. The tests must not touch the user's ~/.ray: this test process (and the subprocesses it
+    starts, which inherit the environment) gets a token file of its own, and token mode as a local ray.init() would
+    choose. Tests of auth itself set RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH per subprocess."""
+    import secrets
+    import tempfile
+
+    if os.environ.get("ADDER_SWEEP_TEST_TOKEN_DIR"):
+        return  # a subprocess of the test session: inherited already
+    token_dir = tempfile.mkdtemp(prefix="adder-sweep-test-ray-token-")
+    token_path = Path(token_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    os.environ["ADDER_SWEEP_TEST_TOKEN_DIR"] = token_dir
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.pop("RAY_ADDRESS", None)  # a user's cluster must not capture the tests' embedded Ray
+
+
+_own_ray_token()
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, reason: str) -> None:
+    """A test that needs something of the machine (root, a system package, a service binary) skips without it,
+    with ``reason`` in pytest's summary -- except in CI (``CI=true``), where .ci/run installs everything and a
+    missing prerequisite is a failure."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true, but this test's prerequisite is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def run_cli(*args, cwd=None, timeout=300, env=None, check=None):
     """Run ``python -m orchestrator ARGS`` in a subprocess; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, "-m", "orchestrator", *map(str, args)], cwd=cwd or ROOT,

@@ -15,6 +15,7 @@ from orchestrator.storage import Storage
 from orchestrator.tables import load_reports, load_trials
 from tests.conftest import ROOT, final_metrics_by_config, run_cli, run_study, write_space
 
+# target 1.5 never stops a trial early, whatever a torch version's rounding makes of the first iterations
 TINY = """\
 # tiny study for tests
 name: tiny
@@ -24,6 +25,7 @@ space:
   iters: 100
   eval_every: 20
   eval_size: 200
+  target: 1.5
 checkpoint_every: 2
 """
 
@@ -86,11 +88,18 @@ space:
     run_study(space, tmp_path / "res", "asha")
     st = Storage.open(tmp_path / "res")
     trials = load_trials(st, "asha")
-    iters = {t["config"]["lr"]: t["last_result"]["iter"] for t in trials}
+    reports = {t["config"]["lr"]: load_reports(st, "asha", t["dir"]) for t in trials}
+    iters = {lr: r[-1]["iter"] for lr, r in reports.items()}
     assert all(t["state"] == "terminated" for t in trials)
-    assert min(iters.values()) < 200, iters  # stopped early by ASHA
-    assert max(iters.values()) == 200, iters  # the best ran to max_t
-    assert iters[0.00001] < 200
+    assert min(iters.values()) < 200, iters  # some trials were stopped early by ASHA
+    assert max(iters.values()) == 200, iters  # and some ran to max_t
+    # ASHA's rule, whatever the numbers: a trial stopped at a rung was not the best there (the cutoff comes from
+    # the trials that reached the rung before it, so the best one at a rung always passes)
+    for lr, it in iters.items():
+        if it < 200:
+            at_rung = {other: next(r["loss"] for r in rs if r["iter"] == it)
+                       for other, rs in reports.items() if any(r["iter"] == it for r in rs)}
+            assert at_rung[lr] > min(at_rung.values()), (lr, it, at_rung)
 
 
 def _wait_for(predicate, timeout, proc=None):
@@ -171,7 +180,8 @@ def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
-    """A real two-node Ray cluster (ray.cluster_utils.Cluster) and `sweep --address`."""
+    """A real two-node Ray cluster (ray.cluster_utils.Cluster) and `sweep --address`, on a machine that has a
+    Ray token file and no RAY_AUTH_MODE set -- as after any local sweep (where every trial used to die)."""
     space = write_space(tmp_path / "tiny.yaml", TINY.replace("iters: 100", "iters: 200"))
     (tmp_path / "res").mkdir()
     script = textwrap.dedent(f"""
@@ -188,8 +198,9 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
         finally:
             cluster.shutdown()
     """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400,
-                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0, result["err"]
     st = Storage.open(tmp_path / "res")
@@ -217,24 +228,6 @@ def test_smoke_keeps_grid_extremes_and_shrinks_the_budget():
     assert spec.space["mode"].args == ["seed", "full"] and spec.space["seed"].args == [0]  # at most 8 points
     assert spec.space["iters"] == 40 and spec.num_samples == 2 and spec.num_trials() == 16
     assert spec.scheduler == {"type": "asha", "max_t": 40, "grace_period": 20}
-
-
-def test_explicit_address_uses_a_local_auth_token(tmp_path, monkeypatch):
-    """Ray sends its auth token for `auto` only; for host:port we enable it when this machine has a token."""
-    from orchestrator.study import _use_local_auth_token
-
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
-    _use_local_auth_token()
-    assert "RAY_AUTH_MODE" not in os.environ
-    (tmp_path / "token").write_text("x" * 64)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
-    _use_local_auth_token()
-    assert os.environ["RAY_AUTH_MODE"] == "token"
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    _use_local_auth_token()
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
 
 
 def test_pbt_exploit_restarts_a_trial_from_another_checkpoint_with_a_new_lr(ray_local, tmp_path):

@@ -123,7 +123,11 @@ def int_to_digits(x: int, length: int) -> list[int]:
 
 @contextlib.contextmanager
 def _unlimited_int_digits():
-    """Python refuses int<->str conversions past 4300 digits by default; the adder works on any size."""
+    """Python refuses int<->str conversions past 4300 digits by default; the adder works on any size. (Pythons
+    before 3.10.7 have neither the limit nor the functions.)"""
+    if not hasattr(sys, "get_int_max_str_digits"):
+        yield
+        return
     old = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:

@@ -52,6 +52,56 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     raise CheckpointError(f"{error}; no earlier readable checkpoint in {parent}")
 
 
+def node_check(fs, marker_path: str, token: str, fused: bool = False) -> dict:
+    """What a trial needs on this node, run by the driver's probe before a study starts (one zero-CPU task per
+    node): the training loop importable, the study's storage visible through the filesystem object trials use (a
+    marker file the driver wrote, with its content), and for ``kernel: fused`` a C++ compiler and ninja."""
+    import platform
+    import shutil
+    import socket
+
+    out = {"host": socket.gethostname(), "python": platform.python_version(), "ray": ray.__version__}
+    try:
+        import torch
+
+        from . import loop  # noqa: F401  (torch, the model and the data: what a trial imports)
+
+        out["torch"] = torch.__version__
+    except Exception as exc:  # ImportError, or a broken torch install
+        out["problem"] = (f"cannot import the training loop ({type(exc).__name__}: {exc}); install torch (and "
+                          "pyarrow, numpy) on this node, or add them with --runtime-env '{\"pip\": [...]}'")
+        return out
+    try:
+        with fs.open_input_stream(marker_path) as f:
+            seen = f.read().decode()
+    except Exception as exc:  # FileNotFoundError, permission, credentials, network
+        out["problem"] = (f"the study storage is not visible from this node: it cannot read {marker_path} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); a local "
+                          "--storage must be a filesystem every node shares (NFS), or use object storage (s3://...) "
+                          "with credentials on every node")
+        return out
+    if seen != token:
+        out["problem"] = (f"{marker_path} on this node is not the file the driver wrote: the storage path is a "
+                          "different directory here; use a shared filesystem or object storage")
+        return out
+    if fused:
+        missing = [name for name, ok in (("a C++ compiler (c++)", shutil.which("c++") or shutil.which("g++")),
+                                         ("ninja", shutil.which("ninja") or _ninja_module())) if not ok]
+        if missing:
+            out["problem"] = (f"kernel: fused builds a C++ extension on each node at first use, and this node lacks "
+                              f"{' and '.join(missing)}; install them, or use kernel: torch")
+    return out
+
+
+def _ninja_module() -> bool:
+    try:
+        import ninja  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train``."""
     from .loop import CHECKPOINT_FILE, save_checkpoint, train

@@ -1,0 +1,191 @@
+"""A real two-host Ray cluster (tests/hosts.py): sweeps on both hosts with S3 storage, a lost worker host, a lost
+driver resumed from the other host, `ray job submit`, code shipped to a host that lacks the project, and the
+launches the probe must refuse. Needs root; skips with its reason elsewhere, fails under CI=true."""
+import json
+import signal
+import time
+
+import pytest
+
+from tests.conftest import require
+from tests.hosts import BIN, WORKER_HOSTNAME, TwoHosts, prerequisites, read_json_lines
+
+pytestmark = pytest.mark.slow
+
+# Four trials of 300 iterations (about 10 s each on one core), a checkpoint at every report: long enough to kill
+# mid-trial, short enough for 2 cores. target 1.5 never stops early, so every trial's end is its budget.
+STUDY = """\
+# two-host test study
+name: hosts
+max_failures: 1
+checkpoint_every: 1
+space:
+  cell: {grid: [rnn, gru]}
+  seed: {grid: [0, 1]}
+  digits: 6
+  hidden: 128
+  iters: 300
+  eval_every: 20
+  eval_size: 100
+  target: 1.5
+"""
+FINAL_KEYS = ("iter", "loss", "exact_acc", "digit_acc", "status")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    require(prerequisites() is None, f"the two-host cluster test {prerequisites()}")
+    base = tmp_path_factory.mktemp("hosts")
+    h = TwoHosts(base)
+    (base / "hosts.yaml").write_text(STUDY)
+    try:
+        h.make_network()
+        h.start_s3()
+        h.start_head()
+        h.start_worker()
+        yield h
+    finally:
+        h.close()
+
+
+def _trials(h, name):
+    """trial dir -> reports, read from S3 as any user of the bucket would."""
+    import pyarrow.fs as pafs
+
+    fs = h.s3_fs()
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(f"studies/{name}", allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("trial_"):
+            out[info.base_name] = read_json_lines(fs, f"{info.path}/result.json")
+    return out
+
+
+def _finals(h, name):
+    """{(cell, seed): final report values} of a study on S3."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(f"studies/{name}/trials.parquet", filesystem=h.s3_fs()).to_pylist()
+    return {(t["cell"], t["seed"]): (t["iters_run"], t["final_loss"], t["final_exact_acc"], t["final_digit_acc"],
+                                     t["outcome"]) for t in table}
+
+
+def _wait_for_report(h, name, predicate, timeout, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for trial, reports in _trials(h, name).items():
+            for r in reports:
+                if predicate(r):
+                    return trial, r
+        if proc is not None and proc.popen.poll() is not None:
+            pytest.fail(f"the driver ended first: {proc.tail()}")
+        time.sleep(0.5)
+    pytest.fail(f"no report matched within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def reference(hosts):
+    """`ray job submit -- adder-sweep sweep ...`: the study runs on the cluster (the job's driver on the head,
+    trials on both hosts, tables on S3). Its final numbers are what every interrupted study below must equal."""
+    h = hosts
+    import subprocess
+
+    p = subprocess.run([str(BIN / "ray"), "job", "submit", "--address",
+                        f"http://{h.host_ip}:{h.dashboard_port}", "--",
+                        "adder-sweep", "sweep", str(h.base / "hosts.yaml"), "--storage", "s3://studies",
+                        "--name", "ref"], capture_output=True, text=True, env=h.env(RAY_AUTH_MODE="token"),
+                       timeout=600, cwd=str(h.base))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "Study ref (s3://studies/ref): 4/4 trials: 4 terminated" in p.stdout, p.stdout[-3000:]
+    return _finals(h, "ref")
+
+
+def test_job_submit_runs_the_study_on_both_hosts_with_tables_on_s3(hosts, reference):
+    h = hosts
+    assert len(reference) == 4 and {v[4] for v in reference.values()} == {"budget"}
+    reports = [r for rs in _trials(h, "ref").values() for r in rs]
+    assert {r["hostname"] for r in reports} == {WORKER_HOSTNAME, _this_host()}, "trials ran on both hosts"
+    record = json.loads(h.s3_fs().open_input_stream("studies/ref/adder_study.json").read())
+    assert record["address"] == h.address  # RAY_ADDRESS, set by the job, was used: no second Ray on the head
+    assert record["runtime_env"]["ship_code"] is True
+    assert record["runs"][0]["auth"] == "token"
+
+
+def _this_host():
+    import socket
+
+    return socket.gethostname()
+
+
+def test_worker_host_lost_mid_trial_is_retried_from_its_s3_checkpoint(hosts, reference):
+    h = hosts
+    driver = h.start_driver("driver-wk", "sweep", str(h.base / "hosts.yaml"), "--address", h.address,
+                            "--storage", "s3://studies", "--name", "wk")
+    try:
+        victim, _ = _wait_for_report(h, "wk", lambda r: r.get("hostname") == WORKER_HOSTNAME and r["iter"] >= 60
+                                     and r["status"] == "running", 300, driver)
+        h.worker.kill()  # the whole host's Ray, at once
+        assert driver.popen.wait(timeout=600) == 0, driver.tail()
+    finally:
+        driver.stop()
+        h.start_worker()  # for the tests after this one
+    reports = _trials(h, "wk")[victim]
+    hosts_seen = [r["hostname"] for r in reports]
+    assert hosts_seen[0] == WORKER_HOSTNAME and hosts_seen[-1] == _this_host(), hosts_seen
+    moved = hosts_seen.index(_this_host())
+    assert reports[moved]["iter"] > 20, [r["iter"] for r in reports]  # from its S3 checkpoint, not from scratch
+    assert reports[-1]["iter"] == 300
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table("studies/wk/trials.parquet", filesystem=h.s3_fs()).to_pylist()
+    assert {r["trial_dir"]: r["num_failures"] for r in rows}[victim] == 1
+    assert _finals(h, "wk") == reference
+
+
+def test_driver_lost_then_resumed_from_the_other_host(hosts, reference):
+    h = hosts
+    driver = h.start_driver("driver-dk", "sweep", str(h.base / "hosts.yaml"), "--address", h.address,
+                            "--storage", "s3://studies", "--name", "dk")
+    try:
+        _wait_for_report(h, "dk", lambda r: r["iter"] >= 60, 300, driver)
+    finally:
+        driver.kill()
+    p = h.adder_sweep("resume", "dk", "--storage", "s3://studies", "--address", h.address, on_worker_host=True,
+                      env=h.env(ADDER_SWEEP_STALE_AFTER_S="8"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "watching its heartbeat for up to 8s" in p.stderr and "took over study dk" in p.stderr
+    assert _finals(h, "dk") == reference
+    record = json.loads(h.s3_fs().open_input_stream("studies/dk/adder_study.json").read())
+    assert [r["kind"] for r in record["runs"]] == ["sweep", "resume"]
+    assert record["runs"][1]["versions"]["host"] == WORKER_HOSTNAME
+
+
+def test_refused_before_launch_token_mismatch_dead_address_unshared_storage(hosts, tmp_path):
+    h = hosts
+    other_token = tmp_path / "other_token"
+    other_token.write_text("0" * 64)
+    p = h.adder_sweep("sweep", str(h.base / "hosts.yaml"), "--address", h.address, "--storage", "s3://studies",
+                      "--name", "bad-token", env=h.env(RAY_AUTH_TOKEN_PATH=str(other_token)))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "the cluster rejected this machine's token" in p.stderr and "RAY_AUTH_TOKEN" in p.stderr
+
+    from tests.hosts import free_port
+
+    dead = f"{h.host_ip}:{free_port(h.host_ip)}"
+    p = h.adder_sweep("sweep", str(h.base / "hosts.yaml"), "--address", dead, "--storage", "s3://studies",
+                      "--name", "dead")
+    assert p.returncode == 2 and f"--address {dead}: cannot reach" in p.stderr, p.stderr[-2000:]
+
+    # a local --storage the worker host does not see: its node runs with a private tmpfs over the path
+    local = h.base / "local-studies"
+    local.mkdir()
+    h.worker.stop()
+    h.start_worker(mount_private=local)
+    p = h.adder_sweep("sweep", str(h.base / "hosts.yaml"), "--address", h.address, "--storage", str(local),
+                      "--name", "unshared")
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "cannot run trials: the study storage is not visible from this node" in p.stderr
+    err = [line for line in p.stderr.splitlines() if line.startswith("adder-sweep")]
+    assert len(err) == 1, err
+    assert list(local.iterdir()) == []  # nothing created
+    for name in ("bad-token", "dead"):
+        assert not _trials(h, name)
