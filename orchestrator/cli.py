@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from trainables.config import ConfigError
-    from trainables.loop import CheckpointError
+    from trainables.errors import CheckpointError
 
     parser = build_parser()
     args = parser.parse_args(argv)

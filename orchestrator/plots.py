@@ -52,11 +52,20 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
     group_of = dict(zip(t["trial_id"], groups))
     order = sorted(pd.unique(groups), key=_sort_key)
     colors = _palette(order)
-    for trial_id, g in m.groupby("trial_id", sort=True):
-        g = g.sort_values("iter")
-        c = colors[group_of.get(trial_id, order[0])]
-        ax_loss.plot(g["iter"], g["loss"], color=c, alpha=0.8, lw=1.4)
-        ax_acc.plot(g["iter"], g["exact_acc"], color=c, alpha=0.8, lw=1.4)
+    if study.has_replicates:  # one mean line per configuration, its 95% interval over seeds as a band
+        config_of = dict(zip(t["trial_id"], t["config_id"]))
+        for cid, trial_ids in t.groupby("config_id")["trial_id"]:
+            c = colors[group_of.get(trial_ids.iloc[0], order[0])]
+            for ax, metric in ((ax_loss, "loss"), (ax_acc, "exact_acc")):
+                mean, lo, hi = replicate_band(m[m["trial_id"].map(config_of) == cid], metric)
+                ax.plot(mean.index, mean.values, color=c, alpha=0.9, lw=1.6)
+                ax.fill_between(mean.index, lo.values, hi.values, color=c, alpha=0.15, lw=0)
+    else:
+        for trial_id, g in m.groupby("trial_id", sort=True):
+            g = g.sort_values("iter")
+            c = colors[group_of.get(trial_id, order[0])]
+            ax_loss.plot(g["iter"], g["loss"], color=c, alpha=0.8, lw=1.4)
+            ax_acc.plot(g["iter"], g["exact_acc"], color=c, alpha=0.8, lw=1.4)
     if m["loss"].dropna().gt(0).all() and len(m):
         ax_loss.set_yscale("log")
     ax_loss.set(title="Training loss", xlabel="iteration", ylabel="cross-entropy loss (mean since last report)")
@@ -66,9 +75,23 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
     if color_by:
         handles = [Line2D([], [], color=colors[v], lw=2, label=fmt(v)) for v in order]
         ax_acc.legend(handles=handles, title=color_by, loc="best", fontsize="small")
-    fig.suptitle(f"{study.name}: learning curves of {t['trial_id'].nunique()} trials"
-                 + (f", coloured by {color_by}" if color_by else ""))
+    what = (f"mean ± 95% CI over seeds of {t['config_id'].nunique()} configurations ({len(t)} trials)"
+            if study.has_replicates else f"{t['trial_id'].nunique()} trials")
+    fig.suptitle(f"{study.name}: learning curves, {what}" + (f", coloured by {color_by}" if color_by else ""))
     return fig
+
+
+def replicate_band(m: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Mean and 95% interval over the trials in ``m`` of ``metric`` at each iteration. A trial that stopped
+    (solved) keeps its last value at later iterations, so the mean is over every seed at every point."""
+    from .stats import t975
+
+    wide = m.pivot_table(index="iter", columns="trial_id", values=metric).sort_index().ffill()
+    mean = wide.mean(axis=1)
+    n = wide.notna().sum(axis=1)
+    half = (wide.std(axis=1, ddof=1) / np.sqrt(n.clip(lower=1))) * n.map(lambda k: t975(int(k) - 1) if k > 1 else 0)
+    half = half.fillna(0)
+    return mean, mean - half, mean + half
 
 
 def _sort_key(v):

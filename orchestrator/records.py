@@ -27,6 +27,31 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def code_version() -> dict[str, Any]:
+    """The code that ran: the git commit and whether the checkout had uncommitted changes, when adder-sweep runs
+    from a checkout; else the installed package version."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {}
+    try:
+        out["package"] = metadata.version("adder-sweep")
+    except metadata.PackageNotFoundError:
+        pass
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10)
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            if commit.returncode == 0:
+                out["commit"] = commit.stdout.strip()
+                out["dirty"] = bool(status.stdout.strip())
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return out
+
+
 def command_line(argv: list[str] | None = None) -> str:
     argv = sys.argv if argv is None else argv
     prog = "adder-sweep" if argv and Path(argv[0]).name in ("adder-sweep", "__main__.py", "cli.py") else argv[0]

@@ -54,7 +54,8 @@ def _pivot_flags(p: argparse.ArgumentParser, aggs) -> None:
                                 "(default: the study's swept keys)")
     p.add_argument("--value", help="a numeric trials.parquet column; exact_acc, digit_acc and loss mean their best "
                                    "value per trial (default: the study's metric)")
-    p.add_argument("--agg", choices=aggs, default="median", help="aggregate over trials in a cell (default: %(default)s)")
+    p.add_argument("--agg", choices=aggs, default=None, help="aggregate over trials in a cell (default: the mean with "
+                   "its 95%% interval when the study has replicates -- seeds of one configuration -- else median)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be >= 1")
-    study = load_study(args.study, args.storage)
+    study = load_study(args.study, args.storage, refresh=True)
     summary = summarize(study, top=args.top)
     pivot = make_pivot(study, split_keys(args.by), args.value, args.agg)
     plots: list[str] = []
@@ -70,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .plots import write_plots
 
         plots = write_plots(study, color_by=args.color_by, heatmap=split_keys(args.heatmap), value=args.value,
-                            agg=args.agg)
+                            agg=args.agg or ("mean" if study.has_replicates else "median"))
     study.storage.write_text(study.storage.join(study.name, "report.md"), render_report(summary, pivot, "md", plots))
     sys.stdout.write(render_report(summary, pivot, args.format))
     if args.format == "text":

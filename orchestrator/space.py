@@ -36,8 +36,8 @@ SCHEDULER_KNOBS: dict[str, dict[str, type]] = {
 # PBT restarts a trial from another's checkpoint, so only keys the loop can change mid-run may be perturbed.
 PERTURBABLE = ("lr", "grad_clip")
 SEARCHERS = ("grid", "random", "optuna")
-STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "stop", "scheduler", "search", "resources",
-              "max_concurrent", "checkpoint_every", "max_failures", "space")
+STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
+              "resources", "max_concurrent", "checkpoint_every", "max_failures", "space")
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200}
 SMOKE_GRID_POINTS = 8
 
@@ -75,6 +75,7 @@ class StudySpec:
     metric: str = "exact_acc"
     mode: str = "max"
     num_samples: int = 1
+    repeats: int = 1  # replicates of every configuration: seeds s..s+repeats-1, s = space.seed (orchestrator/plan.py)
     stop: dict[str, float] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
     search: dict[str, Any] = field(default_factory=lambda: {"type": "grid", "seed": 0})
@@ -92,7 +93,10 @@ class StudySpec:
         return math.prod(len(v.args) for v in self.space.values() if isinstance(v, Dist) and v.kind == "grid")
 
     def num_trials(self) -> int:
-        return self.num_samples * self.grid_size()
+        """Trials the study plans (identical random draws of a configuration run once: orchestrator/plan.py)."""
+        from .plan import num_trials
+
+        return num_trials(self)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -133,7 +137,7 @@ class StudySpec:
             if knob in sched:
                 sched[knob] = SMOKE["eval_every"]
         return StudySpec(**{**self.__dict__, "space": space, "scheduler": sched, "checkpoint_every": 1,
-                            "num_samples": min(self.num_samples, 2)})
+                            "num_samples": min(self.num_samples, 2), "repeats": 1})
 
     def with_overrides(self, *, max_concurrent=None, cpus=None, gpus=None) -> "StudySpec":
         res = dict(self.resources)
@@ -194,6 +198,16 @@ def parse_space(text: str, source: str, default_name: str = "study", overrides: 
     return _validate(raw, source, default_name)
 
 
+def respec(spec: StudySpec, source: str, overrides: tuple[str, ...] = (), **study_keys: Any) -> StudySpec:
+    """``spec`` with ``--set KEY=VALUE`` overrides of its space and new study keys (num_samples, repeats),
+    validated as a file would be."""
+    raw = {k: v for k, v in spec.to_json().items() if k in STUDY_KEYS}
+    raw.update({k: v for k, v in study_keys.items() if v is not None})
+    if overrides:
+        raw["space"] = {**raw["space"], **dict(parse_override(o) for o in overrides)}
+    return _validate(raw, source, spec.name)
+
+
 def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
     problems: list[tuple[str, str]] = []
     specs = field_specs()
@@ -232,6 +246,7 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
     mode = get("mode", str, "min" if metric == "loss" else "max",
                lambda v: None if v in ("min", "max") else f"must be 'min' or 'max', got {v!r}")
     num_samples = get("num_samples", int, 1, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
+    repeats = get("repeats", int, 1, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
     max_concurrent = get("max_concurrent", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
     checkpoint_every = get("checkpoint_every", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
     max_failures = get("max_failures", int, 1, lambda v: None if v >= -1 else f"must be >= 0 (or -1: retry forever), got {v}")
@@ -376,12 +391,16 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
             if resources["cpu"] == 0 and resources["gpu"] == 0:
                 bad("resources", "a trial needs some cpu or gpu")
 
+    if repeats > 1 and isinstance(space.get("seed"), Dist):
+        bad("repeats", f"repeats: {repeats} and a seed {space['seed'].kind} both set the replicate seeds; keep one "
+                       "(repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
     if problems:
         raise SpaceError(source, problems)
     if checkpoint_every is None:
         checkpoint_every = 1 if scheduler["type"] == "pbt" else 5
     return StudySpec(name=name, space=space, description=description, metric=metric, mode=mode,
-                     num_samples=num_samples, stop=stop, scheduler=scheduler, search=search, resources=resources,
+                     num_samples=num_samples, repeats=repeats, stop=stop, scheduler=scheduler, search=search,
+                     resources=resources,
                      max_concurrent=max_concurrent, checkpoint_every=checkpoint_every, max_failures=max_failures,
                      source=source)
 
@@ -546,8 +565,13 @@ def describe(spec: StudySpec) -> str:
             v = spec.space[k]
             lines.append(f"    {k:<{width}}  {v.describe() if isinstance(v, Dist) else repr(v)}")
     lines.append("  defaults for the rest: " + ", ".join(f"{k}={defaults[k]!r}" for k in defaults if k not in spec.space))
+    from .plan import seeds
+
     n = spec.num_trials()
-    grid = spec.grid_size()
+    grid = spec.grid_size() // max(1, len(spec.space["seed"].args) if isinstance(spec.space.get("seed"), Dist) else 1)
+    reps = seeds(spec)
     lines.append(f"  trials: {n} ({grid} grid point{'s' if grid != 1 else ''} x {spec.num_samples} sample"
-                 f"{'s' if spec.num_samples != 1 else ''})")
+                 f"{'s' if spec.num_samples != 1 else ''} x {len(reps)} seed{'s' if len(reps) != 1 else ''}"
+                 f" {reps if len(reps) <= 8 else f'[{reps[0]}..{reps[-1]}]'}; replicates of a configuration share "
+                 "its sampled values)")
     return "\n".join(lines)

@@ -25,31 +25,45 @@ def driver_note(storage: Storage, name: str) -> str | None:
     return f"claimed by host {info.get('host')} (pid {info.get('pid')}; resume takes over if its heartbeat stopped)"
 
 
+def best_key(value: float, mode: str, iters_to_solve) -> tuple:
+    """Sort key of a trial's result, best first: the metric, then -- among trials that reach the same value (all
+    solved, say) -- the fewer iterations it took. The one rule behind "best" everywhere (status, report)."""
+    its = iters_to_solve if isinstance(iters_to_solve, (int, float)) and iters_to_solve == iters_to_solve else math.inf
+    return (-value if mode == "max" else value, its)
+
+
 def study_summary(storage: Storage, name: str) -> dict:
+    from .tables import logical_trials
+
     record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
     spec = record["spec"]
     metric, mode = spec["metric"], spec["mode"]
-    trials = load_trials(storage, name)
+    chains = logical_trials(load_trials(storage, name))
     counts = {s: 0 for s in STATE_ORDER}
     outcomes: dict[str, int] = {}
-    best, best_trial = None, None
-    for t in trials:
+    ranked = []
+    for chain in chains:
+        t = chain[-1]
         counts[t["state"]] = counts.get(t["state"], 0) + 1
         status = t["last_result"].get("status")
         if status:
             outcomes[status] = outcomes.get(status, 0) + 1
         v = t["last_result"].get(metric)
         if isinstance(v, (int, float)) and math.isfinite(v):
-            if best is None or (v > best if mode == "max" else v < best):
-                best, best_trial = v, t
+            ranked.append((best_key(v, mode, t["last_result"].get("iters_to_solve")), v, t, chain[0]["trial_id"]))
+    ranked.sort(key=lambda r: r[0])
+    best, best_trial, best_id = (ranked[0][1], ranked[0][2], ranked[0][3]) if ranked else (None, None, None)
     driver = driver_note(storage, name)
     alive = driver is not None
     planned = StudySpec.from_json(spec).num_trials()
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
-    resumable = not alive and (unfinished > 0 or len(trials) < planned)
-    return {"name": name, "trials": len(trials), "planned": planned, "counts": counts, "outcomes": outcomes,
-            "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "driver_alive": alive, "driver": driver,
-            "resumable": resumable, "created": record.get("created"), "source": record.get("source")}
+    resumable = not alive and (unfinished > 0 or len(chains) < planned)
+    tied = sum(1 for r in ranked if r[1] == best)
+    return {"name": name, "trials": len(chains), "planned": planned, "counts": counts, "outcomes": outcomes,
+            "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "best_id": best_id,
+            "best_tied": tied, "driver_alive": alive, "driver": driver, "resumable": resumable,
+            "created": record.get("created"), "source": record.get("source"),
+            "generations": len(record.get("generations") or [None])}
 
 
 def _fmt(v) -> str:
@@ -66,9 +80,12 @@ def print_study_summary(storage: Storage, name: str) -> None:
     if t is not None:
         cfg = t["config"]
         lr_ = t["last_result"]
-        print(f"Best {s['metric']} = {_fmt(s['best'])} by {t['trial_id']}: cell={cfg.get('cell')} layers={cfg.get('layers')} "
-              f"digits={cfg.get('digits')} lr={_fmt(cfg.get('lr'))} seed={cfg.get('seed')} "
-              f"(status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve {_fmt(lr_.get('iters_to_solve'))})")
+        tie = (f" (ranked by iters_to_solve: {s['best_tied']} trials reach {_fmt(s['best'])})"
+               if s["best_tied"] > 1 and lr_.get("iters_to_solve") is not None else "")
+        print(f"Best {s['metric']} = {_fmt(s['best'])} by {s['best_id']}: cell={cfg.get('cell')} "
+              f"layers={cfg.get('layers')} digits={cfg.get('digits')} lr={_fmt(cfg.get('lr'))} seed={cfg.get('seed')} "
+              f"(status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve {_fmt(lr_.get('iters_to_solve'))})"
+              + tie)
 
 
 def print_status(storage_root: str, name: Optional[str]) -> int:

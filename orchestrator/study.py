@@ -21,8 +21,8 @@ from typing import Optional
 from .claim import Claim, claim_existing_study, claim_new_study
 from .cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from .errors import UserError
-from .records import command_line, now_iso, package_versions
-from .space import StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
+from .records import code_version, command_line, now_iso, package_versions
+from .space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
 from .storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
 PARAM_COLUMNS = ("cell", "layers", "digits", "lr")
@@ -144,30 +144,75 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(spec: StudySpec, name: str, storage: Storage):
+def experiment_location(storage: Storage, name: str, gen_path: str = "") -> tuple[str, str]:
+    """(storage_path, experiment name) of one generation's Tune experiment: the study directory itself for
+    generation 0, ``<study>/gen-K`` for later ones."""
+    if not gen_path:
+        return storage.ray_path, name
+    return f"{storage.ray_path}/{name}", gen_path
+
+
+def tune_points(planned) -> list[dict]:
+    """Planned trials as Tune's points_to_evaluate: every swept and constant key of the space, resolved."""
+    return [dict(p.config) for p in planned]
+
+
+def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optional[list[dict]] = None,
+                gen_path: str = "", history: tuple = ()):
+    """The Tuner of one generation. Grid and random studies run the trials the driver resolved
+    (orchestrator/plan.py) as Tune's points_to_evaluate, so Tune samples nothing; Optuna samples, and repeats come
+    from Tune's Repeater. ``points`` replaces the plan (``extend`` passes the new and continued trials)."""
+    import logging
+
     from ray import tune
     from ray.tune import CLIReporter, CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Tune warns for every planned value that differs from the param space's placeholder: by design here
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+
+    from trainables.config import TrainConfig
+
+    from .plan import plan, seeds
 
     reporter = CLIReporter(parameter_columns=list(PARAM_COLUMNS), metric_columns=list(METRIC_COLUMNS),
                            max_report_frequency=15, sort_by_metric=False)
+    storage_path, experiment = experiment_location(storage, name, gen_path)
     run_config = RunConfig(
-        name=name, storage_path=storage.ray_path, storage_filesystem=storage.ray_filesystem, stop=spec.stop or None,
-        failure_config=FailureConfig(max_failures=spec.max_failures),
+        name=experiment, storage_path=storage_path, storage_filesystem=storage.ray_filesystem,
+        stop=spec.stop or None, failure_config=FailureConfig(max_failures=spec.max_failures),
         # Two checkpoints per trial suffice to fall back from a damaged one; PBT needs more: a donor's checkpoint
         # must outlive the recipient's restore, so there all are kept.
         checkpoint_config=CheckpointConfig(num_to_keep=None if spec.scheduler["type"] == "pbt" else 2),
         progress_reporter=reporter, verbose=1)
+    if spec.search["type"] == "optuna" and points is None:
+        space = param_space(spec)
+        searcher = make_searcher(spec)
+        n = len(seeds(spec))
+        if n > 1:
+            from ray.tune.search import Repeater
+
+            searcher = Repeater(searcher, repeat=n, set_index=True)
+        num_samples = spec.num_samples * n
+    else:
+        points = tune_points(plan(spec, history)) if points is None else points
+        # every key as a constant: points may only name keys of the param space, and set all of them
+        space = {**TrainConfig().to_flat(), **{k: v for k, v in spec.space.items() if not isinstance(v, Dist)},
+                 "_continues": ""}
+        searcher = BasicVariantGenerator(points_to_evaluate=points)
+        num_samples = len(points)
     tune_config = TuneConfig(
-        metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=make_scheduler(spec),
-        search_alg=make_searcher(spec), max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+        metric=spec.metric, mode=spec.mode, num_samples=num_samples, scheduler=make_scheduler(spec),
+        search_alg=searcher, max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
         trial_dirname_creator=_trial_dirname)
-    return tune.Tuner(build_trainable(spec), param_space=param_space(spec), tune_config=tune_config,
-                      run_config=run_config)
+    return tune.Tuner(build_trainable(spec), param_space=space, tune_config=tune_config, run_config=run_config)
 
 
-def _run_entry(kind: str, conn: Connection) -> dict:
-    return {"kind": kind, "command": command_line(), "at": now_iso(), "versions": package_versions(),
-            "address": conn.address, "auth": conn.auth}
+def run_entry(kind: str, conn: Connection, generation: int = 0, **extra) -> dict:
+    """One line of the study's lineage: what ran, when, from which code, on which cluster."""
+    return {"kind": kind, "command": command_line(), "at": now_iso(), "generation": generation,
+            "versions": package_versions(), "code": code_version(), "address": conn.address, "auth": conn.auth,
+            **extra}
 
 
 def _connect_and_probe(address: Optional[str], storage: Storage, spec: StudySpec, runtime_env: Optional[dict],
@@ -210,7 +255,8 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
             record = {
                 "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
                 "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
-                "address": conn.address, "runtime_env": env_record, "runs": [_run_entry("sweep", conn)],
+                "address": conn.address, "runtime_env": env_record, "runs": [run_entry("sweep", conn)],
+                "generations": [{"index": 0, "path": "", "kind": "sweep", "spec": spec.to_json(), "at": now_iso()}],
             }
             write_record(storage, name, record)
             storage.write_text(storage.join(name, "space.yaml"), yaml_text)
@@ -235,25 +281,32 @@ def resume(name_or_path: str, *, storage_root: str, address: Optional[str], spac
         conn, env_record = _connect_and_probe(address or record.get("address"), storage, spec, env,
                                               recorded_env.get("ship_code"), stopper)
         try:
-            tuner = _restore_tuner(storage, name, record, spec)
-            record["runs"].append(_run_entry("resume", conn))
+            gens = record.get("generations") or [{"index": 0, "path": "", "spec": record["spec"]}]
+            generation = gens[-1]
+            tuner = _restore_tuner(storage, name, record, spec, generation, gens)
+            record["runs"].append(run_entry("resume", conn, generation.get("index", len(gens) - 1)))
             record["runtime_env"] = env_record
             write_record(storage, name, record)
-            return _fit(tuner, storage, name, claim, stopper)
+            return _fit(tuner, storage, name, claim, stopper, generation.get("path", ""))
         finally:
             disconnect(conn)
     finally:
         claim.release()
 
 
-def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec):
+def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, generation: dict, gens: list):
+    """The newest generation's Tuner, restored from its Tune state -- or, if it was interrupted before Tune saved
+    any, built afresh from its recorded trials (nothing ran, so nothing is lost)."""
     from ray import tune
 
-    uri, fs = f"{storage.ray_path}/{name}", storage.ray_filesystem
+    gen_path = generation.get("path", "")
+    storage_path, experiment = experiment_location(storage, name, gen_path)
+    uri, fs = f"{storage_path}/{experiment}", storage.ray_filesystem
     if not tune.Tuner.can_restore(uri, storage_filesystem=fs):
-        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state to restore (it was "
-                        f"interrupted before its first trial started); start it again with "
-                        f"`adder-sweep sweep {record.get('source')} --name {name}-2`")
+        history = tuple(StudySpec.from_json(g["spec"]) for g in gens[:-1] if g.get("spec"))
+        print(f"adder-sweep: generation {generation.get('index', 0)} of study {name} has no Ray Tune state yet "
+              "(it was stopped before its first trial started); starting it now", file=sys.stderr)
+        return build_tuner(spec, name, storage, points=generation.get("points"), gen_path=gen_path, history=history)
     _check_trial_folders(storage, name)
     try:
         return tune.Tuner.restore(uri, trainable=build_trainable(spec), resume_errored=True, storage_filesystem=fs)
@@ -299,7 +352,7 @@ def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
                             f"with `adder-sweep sweep {path}`")
 
 
-def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Stopper]) -> Outcome:
+def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Stopper], gen_path: str = "") -> Outcome:
     from collections import Counter
 
     stopper = stopper or Stopper()
@@ -310,7 +363,7 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
         stopper.in_tune = True
         grid = tuner.fit()
         stopper.in_tune = False
-        _record_final_states(grid, storage, name)
+        _record_final_states(grid, storage, name, gen_path)
         trials = _load_trials_quietly(storage, name)
         states = dict(Counter(t["ray_status"] for t in trials))
         interrupted = any(s in ("PENDING", "RUNNING", "PAUSED") for s in states)
@@ -359,7 +412,7 @@ def _trial_error(storage: Storage, name: str, trial: dict) -> TrialError:
     return TrialError(trial["trial_id"], trial.get("config") or {}, message, path)
 
 
-def _record_final_states(grid, storage: Storage, name: str) -> None:
+def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") -> None:
     """Ray's last experiment-state snapshot can predate a trial's final failure (it then still says RUNNING);
     the driver's in-memory trials know better. Record which trials errored against that snapshot's file name.
     Only errors: after Ctrl-C the in-memory trials read TERMINATED while the snapshot rightly keeps them
@@ -367,12 +420,13 @@ def _record_final_states(grid, storage: Storage, name: str) -> None:
     from .tables import FINAL_STATES, experiment_state_path
 
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
-    state_path = experiment_state_path(storage, name)
+    state_path = experiment_state_path(storage, name, gen_path)
     if not trials or state_path is None:
         return
     record = {"experiment_state": state_path.rsplit("/", 1)[-1],
               "states": {t.trial_id: t.status for t in trials if t.status == "ERROR"}}
-    storage.write_text(storage.join(name, FINAL_STATES), json.dumps(record, indent=1) + "\n")
+    where = [name, gen_path, FINAL_STATES] if gen_path else [name, FINAL_STATES]
+    storage.write_text(storage.join(*where), json.dumps(record, indent=1) + "\n")
 
 
 def trial_states(storage: Storage, name: str) -> dict[str, str]:

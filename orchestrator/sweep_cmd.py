@@ -48,6 +48,26 @@ def register(sub) -> None:
                    "checking that the driver is gone (it stops when it notices)")
     r.set_defaults(func=cmd_resume)
 
+    e = sub.add_parser("extend", help="grow a finished study: more grid values, seeds, samples or iterations; "
+                                      "runs only what is new (finished trials are reused or continued)")
+    e.add_argument("study", help="study name under --storage, or the study's path / URI")
+    _storage_flags(e)
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one entry of the study's space (VALUE in YAML): add grid values "
+                        "(--set 'lr={grid: [0.001, 0.01]}'), widen a random range, or raise iters")
+    e.add_argument("--file", dest="space_file", help="the study's search-space file as edited (e.g. with more grid "
+                   "values); default: the study's own space")
+    e.add_argument("--num-samples", type=int, help="random samples per grid point (more than the study has)")
+    e.add_argument("--repeats", type=int, help="seeds per configuration (more than the study has)")
+    e.add_argument("--dry-run", action="store_true", help="print which trials are reused, continued and new; run "
+                                                          "nothing")
+    e.add_argument("--max-concurrent", type=int, help="trials running at once (default: the study's)")
+    e.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the study's)")
+    e.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: the study's)")
+    e.add_argument("--runtime-env", metavar="FILE|JSON", help="replace the runtime_env recorded with the study")
+    e.add_argument("--force", action="store_true", help="take the study over from its recorded driver at once")
+    e.set_defaults(func=cmd_extend)
+
     st = sub.add_parser("status", help="list studies: trials by state, best metric, whether resumable")
     st.add_argument("study", nargs="?", help="one study (default: all under --storage)")
     st.add_argument("--storage", default=DEFAULT_STORAGE, help="where studies live (default: %(default)s)")
@@ -112,6 +132,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return _stopped_before_start(stopper)
     return finish(outcome, args)
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from .cluster import load_runtime_env
+    from .extend import extend
+    from .study import Stopper
+
+    _check_flags(args)
+    for flag, value in (("--num-samples", args.num_samples), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
+    runtime_env = load_runtime_env(args.runtime_env)
+    with Stopper() as stopper:
+        try:
+            outcome = extend(args.study, storage_root=args.storage, address=args.address,
+                             overrides=tuple(args.overrides), space_file=args.space_file,
+                             num_samples=args.num_samples, repeats=args.repeats,
+                             dry_run=args.dry_run, runtime_env=runtime_env, force=args.force, stopper=stopper,
+                             max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
+        except KeyboardInterrupt:
+            return _stopped_before_start(stopper)
+    return EXIT_OK if outcome is None else finish(outcome, args)
 
 
 def _stopped_before_start(stopper) -> int:

@@ -1,7 +1,9 @@
 """Result tables of a study, read from what Ray Tune wrote, without importing Ray.
 
-Sources in a study directory: the newest ``experiment_state-*.json`` (every trial's id, state, config, last
-result) and each trial's ``result.json`` (one JSON line per report).
+Sources in a study directory, per generation (the study root is generation 0, ``gen-K/`` each later one, see
+``adder-sweep extend``): the newest ``experiment_state-*.json`` (every trial's id, state, config, last result) and
+each trial's ``result.json`` (one JSON line per report). A trial continued in a later generation is a new Tune trial
+whose config names its predecessor (``_continues``); the tables join them into one logical trial with one curve.
 """
 from __future__ import annotations
 
@@ -16,10 +18,26 @@ RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "
               "ERROR": "errored"}
 
 
-def experiment_state_path(storage: Storage, name: str) -> str | None:
+def generation_paths(storage: Storage, name: str) -> list[str]:
+    """The study's generations as paths under its directory: "" (the root, generation 0), "gen-1", ..."""
+    from .storage import STUDY_RECORD
+
+    try:
+        record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
+    except (OSError, ValueError, FileNotFoundError):
+        return [""]
+    gens = record.get("generations") or [{"path": ""}]
+    return [g.get("path", "") for g in gens]
+
+
+def _under(name: str, gen_path: str, *parts: str) -> list[str]:
+    return [name, *([gen_path] if gen_path else []), *parts]
+
+
+def experiment_state_path(storage: Storage, name: str, gen_path: str = "") -> str | None:
     from pyarrow.fs import FileSelector
 
-    base = storage.join(name)
+    base = storage.join(*_under(name, gen_path))
     if not storage.is_dir(base):
         return None
     files = [i for i in storage.fs.get_file_info(FileSelector(base)) if
@@ -94,13 +112,21 @@ def _trial_problem(t: Any, rt: Any) -> str | None:
 
 
 def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
-    """One dict per trial: trial_id, ray_status, state, config, last_result, num_failures, dir, error_file."""
-    path = experiment_state_path(storage, name)
+    """One dict per Tune trial of every generation: trial_id, ray_status, state, config (the training config),
+    tune_config, last_result, num_failures, dir (relative to the study directory), error_file, generation."""
+    check_ray_versions(storage, name)
+    rows = []
+    for generation, gen_path in enumerate(generation_paths(storage, name)):
+        rows += _load_generation(storage, name, gen_path, generation)
+    return rows
+
+
+def _load_generation(storage: Storage, name: str, gen_path: str, generation: int) -> list[dict[str, Any]]:
+    path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return []
-    check_ray_versions(storage, name)
-    final = _final_states(storage, name, path)
-    where = storage.uri(name, path.rsplit("/", 1)[-1])
+    final = _final_states(storage, name, path, gen_path)
+    where = storage.uri(*_under(name, gen_path, path.rsplit("/", 1)[-1]))
     try:
         state = json.loads(storage.read_text(path))
     except ValueError as exc:
@@ -119,15 +145,18 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
             problem = f"trial entry {i}: {problem}"
             break
         status = final.get(t["trial_id"], t["status"])
+        trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
         rows.append({
             "trial_id": t["trial_id"],
             "ray_status": status,
             "state": RAY_STATES.get(status, status.lower()),
-            "config": t["config"],
-            "dir": t.get("relative_logdir") or t.get("custom_dirname"),
+            "config": training_values(t["config"]),  # what the trial trained with
+            "tune_config": t["config"],  # as Tune holds it: with the driver's hidden keys (_continues, ...)
+            "dir": (f"{gen_path}/{trial_dir}" if gen_path else trial_dir) if trial_dir else None,
             "last_result": rt.get("last_result") or {},
             "num_failures": rt.get("num_failures", 0),
             "error_file": rt.get("error_filename"),
+            "generation": generation,
         })
     if problem:
         raise UserError(f"{where}: experiment state in a format this adder-sweep does not read ({problem}); it reads "
@@ -136,10 +165,10 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _final_states(storage: Storage, name: str, state_path: str) -> dict[str, str]:
+def _final_states(storage: Storage, name: str, state_path: str, gen_path: str = "") -> dict[str, str]:
     """Trial states the driver recorded when its run ended (see study._record_final_states), if they belong to
     the newest experiment-state file; a later resume writes a new state file and so supersedes them."""
-    path = storage.join(name, FINAL_STATES)
+    path = storage.join(*_under(name, gen_path, FINAL_STATES))
     if not storage.exists(path):
         return {}
     try:
@@ -221,7 +250,9 @@ def trials_schema(lengths: Iterable[int] = ()):
            [(f"best_{k}_iter", pa.int64()) for k in SCORES] + [
         ("iters_to_solve", pa.int64()), ("iters_run", pa.int64()), ("reports", pa.int64()),
         ("wall_s", pa.float64()), ("train_s", pa.float64()), ("num_failures", pa.int64()),
-        ("node", pa.string()), ("hostname", pa.string()), ("error_file", pa.string()), ("trial_dir", pa.string())]
+        ("node", pa.string()), ("hostname", pa.string()), ("error_file", pa.string()), ("trial_dir", pa.string()),
+        ("config_id", pa.string()), ("generation", pa.int64()), ("first_generation", pa.int64()),
+        ("tune_trials", pa.string())]
     tail += [(c, pa.float64()) for c in length_columns(lengths, "final_")]
     return pa.schema([pa.field(n, t) for n, t in head] + config_fields() + [pa.field(n, t) for n, t in tail])
 
@@ -286,9 +317,54 @@ def _config_value(value: Any, tp: Any) -> Any:
         return None
 
 
+def continues_of(config: dict) -> dict:
+    """What a trial continues (``_continues`` in its Tune config): {"trial": logical id, "checkpoint": uri} or {}."""
+    raw = config.get("_continues") or ""
+    try:
+        return json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def logical_trials(trials: list[dict]) -> list[list[dict]]:
+    """Tune trials grouped into logical trials, each a chain oldest first: a trial continued in a later generation
+    joins the chain of the logical trial it names. Ordered by the first trial's id."""
+    chains: dict[str, list[dict]] = {}
+    for t in sorted(trials, key=lambda t: (t["generation"], t["trial_id"])):
+        root = continues_of(t["tune_config"]).get("trial")
+        if root in chains:
+            chains[root].append(t)
+        else:
+            chains[t["trial_id"]] = [t]
+    return [chains[k] for k in sorted(chains)]
+
+
+def training_values(config: dict) -> dict:
+    """A trial's training config as it trained: hidden driver keys dropped, an Optuna replicate's index added to
+    its seed (see trainables.tune_adapter.training_config)."""
+    out = {k: v for k, v in config.items() if not k.startswith("_")}
+    if config.get("__trial_index__") is not None:
+        out["seed"] = int(config.get("seed", 0)) + int(config["__trial_index__"])
+    return out
+
+
+def _chain_reports(storage: Storage, name: str, chain: list[dict]) -> tuple[list[dict], float | None]:
+    """The logical trial's one curve (later reports of an iteration win) and its wall seconds over all segments."""
+    reports, wall = [], None
+    for t in chain:
+        seg = dedupe_reports(load_reports(storage, name, t["dir"])) if t["dir"] else []
+        if not seg and t["last_result"].get("iter") is not None:
+            seg = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
+        if seg and _num(seg[-1].get("time_total_s")) is not None:
+            wall = (wall or 0.0) + _num(seg[-1].get("time_total_s"))
+        reports += seg
+    return dedupe_reports(reports), wall
+
+
 def build_tables(storage: Storage, name: str):
-    """(trials, metrics) as pyarrow Tables from what Ray Tune wrote; works on an unfinished study too.
-    Raises UserError if the experiment state is unreadable; returns (None, None) if there is none yet."""
+    """(trials, metrics) as pyarrow Tables from what Ray Tune wrote; works on an unfinished study too. One trials
+    row per logical trial (its generations joined). Raises UserError if an experiment state is unreadable;
+    returns (None, None) if there is none yet."""
     import pyarrow as pa
 
     from trainables.config import field_specs
@@ -297,22 +373,23 @@ def build_tables(storage: Storage, name: str):
     if not trials and experiment_state_path(storage, name) is None:
         return None, None
     specs = field_specs()
+    ids = _identity(storage, name)
     trial_rows: list[dict] = []
     metric_rows: list[dict] = []
     per_trial = []
-    for t in sorted(trials, key=lambda t: t["trial_id"]):
-        reports = dedupe_reports(load_reports(storage, name, t["dir"])) if t["dir"] else []
-        if not reports and t["last_result"].get("iter") is not None:
-            reports = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
-        per_trial.append((t, reports))
-    lengths = report_lengths(r for _, reports in per_trial for r in reports)
+    for chain in logical_trials(trials):
+        reports, wall = _chain_reports(storage, name, chain)
+        per_trial.append((chain, reports, wall))
+    lengths = report_lengths(r for _, reports, _ in per_trial for r in reports)
     extra = length_columns(lengths)
-    for t, reports in per_trial:
+    for chain, reports, wall in per_trial:
+        first, t = chain[0], chain[-1]
+        config = t["config"]
         last = reports[-1] if reports else {}
-        row: dict[str, Any] = {"study": name, "trial_id": t["trial_id"], "state": t["state"],
+        row: dict[str, Any] = {"study": name, "trial_id": first["trial_id"], "state": t["state"],
                                "outcome": trial_outcome(t["state"], last.get("status"))}
         for key, spec in specs.items():
-            row[key] = _config_value(t["config"].get(key), spec.type)
+            row[key] = _config_value(config.get(key), spec.type)
         for k in SCORES:
             row[f"final_{k}"] = _num(last.get(k))
             row[f"best_{k}"], row[f"best_{k}_iter"] = _best(reports, k, lower=(k == "loss"))
@@ -320,14 +397,16 @@ def build_tables(storage: Storage, name: str):
         row.update({
             "iters_to_solve": its if isinstance(its, int) else None,
             "iters_run": last.get("iter"), "reports": len(reports),
-            "wall_s": _num(last.get("time_total_s")), "train_s": _num(last.get("time_s")),
-            "num_failures": t["num_failures"], "node": last.get("node"), "hostname": last.get("hostname"),
-            "error_file": t["error_file"], "trial_dir": t["dir"],
+            "wall_s": wall, "train_s": _num(last.get("time_s")),
+            "num_failures": sum(c["num_failures"] for c in chain), "node": last.get("node"),
+            "hostname": last.get("hostname"), "error_file": t["error_file"], "trial_dir": t["dir"],
+            "config_id": ids(config) if ids else None, "generation": t["generation"],
+            "first_generation": first["generation"], "tune_trials": ",".join(c["trial_id"] for c in chain),
             **{f"final_{c}": _num(last.get(c)) for c in extra},
         })
         trial_rows.append(row)
         for r in reports:
-            metric_rows.append({"study": name, "trial_id": t["trial_id"],
+            metric_rows.append({"study": name, "trial_id": first["trial_id"],
                                 **{k: (r.get(k) if typ != "float64" else _num(r.get(k))) for k, typ in METRIC_FIELDS},
                                 **{c: _num(r.get(c)) for c in extra}})
     tschema, mschema = trials_schema(lengths), metrics_schema(lengths)
@@ -335,6 +414,20 @@ def build_tables(storage: Storage, name: str):
     trials_table = pa.Table.from_pylist(trial_rows, schema=tschema).replace_schema_metadata(meta)
     metrics_table = pa.Table.from_pylist(metric_rows, schema=mschema).replace_schema_metadata(meta)
     return trials_table, metrics_table
+
+
+def _identity(storage: Storage, name: str):
+    """config -> configuration id under the study's current spec (orchestrator/plan.py), or None."""
+    from .plan import config_id, identity_keys
+    from .space import StudySpec
+    from .storage import STUDY_RECORD
+
+    try:
+        spec = StudySpec.from_json(json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))["spec"])
+    except (OSError, ValueError, KeyError, TypeError, FileNotFoundError):
+        return None
+    keys = identity_keys(spec)
+    return lambda config: config_id(config, keys)
 
 
 def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
@@ -368,6 +461,43 @@ def refresh_tables(storage: Storage, name: str):
     # metrics first: a reader that sees the new trials table finds metrics at least as new
     _write_table(storage, metrics, storage.join(name, METRICS_FILE))
     _write_table(storage, trials, storage.join(name, TRIALS_FILE))
+    return trials, metrics
+
+
+def tables_are_current(storage: Storage, name: str) -> bool:
+    """True if trials.parquet and metrics.parquet exist and are newer than every file Ray wrote for the study
+    (experiment states and trials' result.json, every generation) and than the study record."""
+    from pyarrow.fs import FileSelector, FileType
+
+    base = storage.join(name)
+    tables = [storage.fs.get_file_info(storage.join(name, f)) for f in (TRIALS_FILE, METRICS_FILE)]
+    if any(i.type != FileType.File or i.mtime is None for i in tables):
+        return False
+    written = min(i.mtime for i in tables)
+    for info in storage.fs.get_file_info(FileSelector(base, recursive=True)):
+        if info.type == FileType.File and (info.base_name == "result.json" or info.base_name == "adder_study.json"
+                                           or info.base_name.startswith("experiment_state-")):
+            if info.mtime is not None and info.mtime > written:
+                return False
+    return True
+
+
+def read_tables(storage: Storage, name: str):
+    """(trials, metrics) as pyarrow Tables: the Parquet files when they are current, else built in memory from
+    Ray's files -- nothing is written either way. UserError if there is nothing to tabulate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if tables_are_current(storage, name):
+        try:
+            return (pq.read_table(storage.join(name, TRIALS_FILE), filesystem=storage.fs),
+                    pq.read_table(storage.join(name, METRICS_FILE), filesystem=storage.fs))
+        except (pa.ArrowException, OSError):
+            pass  # damaged: build them anew below
+    trials, metrics = build_tables(storage, name)
+    if trials is None:
+        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state yet (no trial started); "
+                        "there is nothing to tabulate")
     return trials, metrics
 
 

@@ -206,3 +206,66 @@ def test_board_serves_http_and_stops(root):
         os.kill(pid, 0)  # stopped by the command (and reaped)
     assert list((root / "rep").glob("trial_*/events.out.tfevents.*"))
     run_cli("board", "nosuch", "--storage", root, check=2)
+
+
+# -- replicates: intervals in the report, paired comparison ---------------------------------------------------------
+REPLICATES = """\
+name: reps
+repeats: 3
+checkpoint_every: 2
+space:
+  cell: {grid: [rnn, gru]}
+  digits: 3
+  iters: 300
+  eval_every: 20
+  eval_size: 100
+  target: 0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def replicate_root(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("replicates")
+    for name, text in (("reps", REPLICATES), ("reps-lr", REPLICATES.replace("  digits: 3\n",
+                                                                              "  digits: 3\n  lr: 0.003\n"))):
+        spec = parse_space(text, source=f"{name}.yaml")
+        outcome = launch(spec, text, name=name, storage_root=str(root), address=None, file_spec=spec)
+        assert not outcome.interrupted
+    return root
+
+
+def test_report_groups_replicates_with_intervals(replicate_root):
+    from orchestrator.stats import censored_estimate, estimate
+
+    study = report.load_study("reps", str(replicate_root))
+    assert study.has_replicates and study.trials.groupby("config_id").size().tolist() == [3, 3]
+    p = report.make_pivot(study, ["cell"], "iters_to_solve")
+    assert p.estimates is not None and p.title.startswith("mean ± 95% CI of iters_to_solve by cell")
+    for cell in ("rnn", "gru"):
+        rows = study.trials[study.trials.cell == cell]
+        want = censored_estimate(list(rows["iters_to_solve"]), list(rows["iters_run"]))
+        got = p.estimates.loc[cell, "iters_to_solve"]
+        assert (got.mean, got.n, got.solved) == (want.mean, 3, want.solved)
+    acc = report.make_pivot(study, ["cell"], "final_exact_acc").estimates.loc["gru", "final_exact_acc"]
+    assert acc.mean == pytest.approx(estimate(study.trials[study.trials.cell == "gru"]["final_exact_acc"]).mean)
+    r = run_cli("report", "reps", "--storage", replicate_root, "--by", "cell", "--value", "iters_to_solve",
+                check=0)
+    assert "Best configurations over seeds" in r.stdout and " ± " in r.stdout
+    assert re.search(r"^(rnn|gru)\s+.*\d+ ± \d+|solved\)", r.stdout, re.M), r.stdout
+    assert (replicate_root / "reps" / "plots" / "learning_curves.png").is_file()
+
+
+def test_compare_is_paired_by_seed(replicate_root):
+    a = report.load_study("reps", str(replicate_root))
+    b = report.load_study("reps-lr", str(replicate_root))
+    c = report.compare(a, b, ["cell"], "final_loss")
+    assert c["paired"] and c["agg"] == "mean, paired by seed"
+    t = c["table"]
+    for cell in ("rnn", "gru"):
+        la = a.trials[a.trials.cell == cell].set_index("seed")["final_loss"]
+        lb = b.trials[b.trials.cell == cell].set_index("seed")["final_loss"]
+        assert t.loc[cell, "pairs"] == 3
+        assert t.loc[cell, "B - A"] == pytest.approx((lb - la).mean())
+    r = run_cli("compare", "reps", "reps-lr", "--storage", replicate_root, "--by", "cell", "--value",
+                "final_loss", check=0)
+    assert "B - A (95% CI)" in r.stdout and "(n=3)" in r.stdout

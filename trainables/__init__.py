@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, field_specs
 
-_LAZY = {"AdderNet": "model", "CheckpointError": "loop", "load_checkpoint": "loop", "load_model": "loop",
+_LAZY = {"AdderNet": "model", "CheckpointError": "errors", "load_checkpoint": "loop", "load_model": "loop",
          "save_checkpoint": "loop", "train": "loop"}
 
 __all__ = ["AdderNet", "CheckpointError", "ConfigError", "TrainConfig", "field_specs", "load_checkpoint",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .seeding import stream_seed  # noqa: F401  (re-exported: data streams are named by it)
+
 SEED_TRAIN_RANGE = (0, 555_555_555)
 SEED_EVAL_RANGE = (555_555_555, 999_999_999)
 _SEED_OPERAND_DIGITS = 10  # digits needed for a sum of two operands below 10**9
@@ -29,12 +31,6 @@ class Batch:
     a: torch.Tensor  # (B, T) int64 digits, least-significant first
     b: torch.Tensor  # (B, T)
     target: torch.Tensor  # (B, T) digits of a + b
-
-
-def stream_seed(*parts: object) -> int:
-    """A 63-bit seed derived from ``parts``; stable across processes and Python versions (unlike hash())."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -22,16 +22,13 @@ from torch import nn
 from . import fused
 from .config import TrainConfig
 from .data import eval_set, train_batch
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 from .model import AdderNet
 
 CHECKPOINT_FORMAT = "adder-sweep-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 Report = Callable[[dict, Callable[[], dict]], None]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not an adder-sweep checkpoint."""
 
 
 def resolve_device(requested: str, gpus_assigned: Optional[int] = None) -> torch.device:

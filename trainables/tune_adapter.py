@@ -102,6 +102,31 @@ def _ninja_module() -> bool:
         return False
 
 
+def training_config(config: dict) -> tuple[dict, dict]:
+    """Split a trial's Tune config into the training config and what the driver passes besides: ``_continues``
+    (JSON: the predecessor's checkpoint for a trial continued to a larger budget) and Tune's ``__trial_index__``
+    (Optuna studies' replicate index, added to the seed)."""
+    import json
+
+    config = dict(config)
+    continues = config.pop("_continues", "") or ""
+    index = config.pop("__trial_index__", None)
+    if index is not None:
+        config["seed"] = int(config.get("seed", 0)) + int(index)
+    return {k: v for k, v in config.items() if not k.startswith("_")}, (json.loads(continues) if continues else {})
+
+
+def checkpoint_at(uri: str) -> tune.Checkpoint:
+    """A checkpoint directory given as a local path or a URI (an ``s3://...?endpoint_override=...`` one too)."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    else:
+        fs, path = pafs.LocalFileSystem(), uri
+    return tune.Checkpoint(path, filesystem=fs)
+
+
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train``."""
     from .loop import CHECKPOINT_FILE, save_checkpoint, train
@@ -109,9 +134,15 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     resources = tune.get_context().get_trial_resources().required_resources
+    config, continues = training_config(config)
     cfg = TrainConfig.from_flat({**config, "threads": trial_threads(config, resources.get("CPU", 1))})
     checkpoint = tune.get_checkpoint()
-    state = load_trial_checkpoint(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None:  # this trial's own checkpoint: a retry, a restore, or a PBT exploit
+        state = load_trial_checkpoint(checkpoint)
+    elif continues:  # a trial continued in a later generation of its study: its predecessor's last checkpoint
+        state = load_trial_checkpoint(checkpoint_at(continues["checkpoint"]))
+    else:
+        state = None
     node = ray.get_runtime_context().get_node_id()
     eval_every = cfg.run.eval_every
 
