@@ -79,7 +79,7 @@ def study_reports(study: Path) -> dict[str, list[dict]]:
 
 def final_by_config(study: Path) -> dict:
     from orchestrator.storage import Storage
-    from orchestrator.tables import load_reports, load_trials
+    from orchestrator.results.tables import load_reports, load_trials
 
     st = Storage.open(study.parent)
     out = {}
@@ -145,7 +145,7 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
 
     if not problems:
         from orchestrator.storage import Storage
-        from orchestrator.tables import load_trials
+        from orchestrator.results.tables import load_trials
 
         trials = load_trials(Storage.open(storage), name)
         ids = [t["trial_id"] for t in trials]

@@ -12,7 +12,7 @@ __all__ = ["load_study"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_study":
-        from .report import load_study
+        from .results.report import load_study
 
         return load_study
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import report_cmd, sweep_cmd, train_cmd
+    from . import sweep_cmd, train_cmd
+    from .results import report_cmd
 
     parser = argparse.ArgumentParser(prog="adder-sweep", description="Hyperparameter sweeps of an RNN adder on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

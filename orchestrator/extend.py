@@ -130,7 +130,7 @@ def _last_checkpoint(storage: Storage, name: str, trial_dir: str) -> Optional[st
 
 def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) -> ExtensionPlan:
     """Match the new study's trials against the ones that ran: reused, continued, new."""
-    from .tables import dedupe_reports, load_reports, load_trials, logical_trials
+    from .results.tables import dedupe_reports, load_reports, load_trials, logical_trials
 
     trials = load_trials(storage, name)
     chains = logical_trials(trials)

@@ -8,7 +8,7 @@ from typing import Optional
 from .errors import UserError
 from .space import StudySpec
 from .storage import STUDY_RECORD, Storage
-from .tables import load_trials
+from .results.tables import load_trials
 
 STATE_ORDER = ("pending", "running", "terminated", "errored")
 
@@ -33,7 +33,7 @@ def best_key(value: float, mode: str, iters_to_solve) -> tuple:
 
 
 def study_summary(storage: Storage, name: str) -> dict:
-    from .tables import logical_trials
+    from .results.tables import logical_trials
 
     record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
     spec = record["spec"]

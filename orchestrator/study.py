@@ -318,7 +318,7 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
 
 def _check_trial_folders(storage: Storage, name: str) -> None:
     """An unfinished trial whose folder is gone cannot continue; say which, before Ray fails obscurely."""
-    from .tables import load_trials
+    from .results.tables import load_trials
 
     for t in load_trials(storage, name):
         if t["state"] != "terminated" and t["dir"] and not storage.exists(storage.join(name, t["dir"])):
@@ -377,7 +377,7 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
 
 
 def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
-    from .tables import load_trials
+    from .results.tables import load_trials
 
     try:
         return load_trials(storage, name)
@@ -417,7 +417,7 @@ def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") 
     the driver's in-memory trials know better. Record which trials errored against that snapshot's file name.
     Only errors: after Ctrl-C the in-memory trials read TERMINATED while the snapshot rightly keeps them
     unfinished for resume."""
-    from .tables import FINAL_STATES, experiment_state_path
+    from .results.tables import FINAL_STATES, experiment_state_path
 
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     state_path = experiment_state_path(storage, name, gen_path)
@@ -431,6 +431,6 @@ def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") 
 
 def trial_states(storage: Storage, name: str) -> dict[str, str]:
     """trial id -> Ray state (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) from the experiment state file."""
-    from .tables import load_trials
+    from .results.tables import load_trials
 
     return {t["trial_id"]: t["ray_status"] for t in load_trials(storage, name)}

@@ -171,7 +171,7 @@ def finish(outcome, args) -> int:
     from .space import StudySpec
     from .status import print_study_summary
     from .storage import Storage, read_record
-    from .tables import write_tables
+    from .results.tables import write_tables
 
     storage = Storage.open(outcome.storage)
     write_tables(storage, outcome.name)

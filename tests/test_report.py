@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import plots, report
+from orchestrator.results import plots, report
 from orchestrator.cli import main
 from orchestrator.space import parse_space
 from orchestrator.storage import Storage
@@ -235,7 +235,7 @@ def replicate_root(ray_local, tmp_path_factory):
 
 
 def test_report_groups_replicates_with_intervals(replicate_root):
-    from orchestrator.stats import censored_estimate, estimate
+    from orchestrator.results.stats import censored_estimate, estimate
 
     study = report.load_study("reps", str(replicate_root))
     assert study.has_replicates and study.trials.groupby("config_id").size().tolist() == [3, 3]

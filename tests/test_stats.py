@@ -1,10 +1,10 @@
-"""Statistics over replicates (orchestrator/stats.py) on hand-made tables whose answers are known."""
+"""Statistics over replicates (orchestrator/results/stats.py) on hand-made tables whose answers are known."""
 import math
 
 import pandas as pd
 import pytest
 
-from orchestrator import stats
+from orchestrator.results import stats
 
 
 def test_t_interval_of_three_seeds():

@@ -12,7 +12,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.space import read_space_file
 from orchestrator.storage import Storage
-from orchestrator.tables import load_reports, load_trials
+from orchestrator.results.tables import load_reports, load_trials
 from tests.conftest import ROOT, final_metrics_by_config, run_cli, run_study, write_space
 
 # target 1.5 never stops a trial early, whatever a torch version's rounding makes of the first iterations

@@ -1,4 +1,4 @@
-"""Parquet result tables (orchestrator/tables.py) built from a real tiny Ray Tune study."""
+"""Parquet result tables (orchestrator/results/tables.py) built from a real tiny Ray Tune study."""
 import json
 import shutil
 from pathlib import Path
@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import records, tables
+from orchestrator import records
+from orchestrator.results import tables
 from orchestrator.space import parse_space
 from orchestrator.storage import Storage
 from orchestrator.study import launch

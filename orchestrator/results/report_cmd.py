@@ -10,8 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
-from .errors import UserError
-from .storage import DEFAULT_STORAGE
+from ..errors import UserError
+from ..storage import DEFAULT_STORAGE
 
 
 def register(sub) -> None:
@@ -122,7 +122,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    from .storage import read_record, study_location
+    from ..storage import read_record, study_location
 
     storage, name = study_location(args.study, args.storage)
     read_record(storage, name)

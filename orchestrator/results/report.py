@@ -1,7 +1,7 @@
 """Analysis of a study's result tables: summary, a pivot of any metric by any keys, edge-of-range flags,
 comparison of two studies, and rendering as a terminal table, Markdown, CSV or JSON.
 
-Reads only the Parquet tables (``orchestrator.tables``) and the study record; never imports Ray.
+Reads only the Parquet tables (``orchestrator.results.tables``) and the study record; never imports Ray.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pandas as pd
 
 from trainables.config import did_you_mean
 
-from .errors import UserError
-from .space import Dist, StudySpec
-from .storage import DEFAULT_STORAGE, Storage
+from ..errors import UserError
+from ..space import Dist, StudySpec
+from ..storage import DEFAULT_STORAGE, Storage
 
 AGGS = ("median", "mean", "min", "max", "std", "count")
 FORMATS = ("text", "md", "csv", "json")
@@ -86,7 +86,7 @@ def load_study(name_or_path: str, storage_root: str = DEFAULT_STORAGE, *, refres
     Reads ``trials.parquet`` and ``metrics.parquet``; when they are missing or older than the files Ray wrote, it
     builds them in memory and writes nothing, so it works on a read-only copy or an object store. ``refresh``
     (the ``report`` command) rebuilds and writes them. UserError if the study does not exist or has no trials."""
-    from .storage import read_record, study_location
+    from ..storage import read_record, study_location
     from .tables import read_tables, refresh_tables
 
     storage, name = study_location(name_or_path, storage_root)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from .errors import UserError
-from .storage import Storage
+from ..errors import UserError
+from ..storage import Storage
 
 FINAL_STATES = "final_states.json"
 RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "terminated",
@@ -20,7 +20,7 @@ RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "
 
 def generation_paths(storage: Storage, name: str) -> list[str]:
     """The study's generations as paths under its directory: "" (the root, generation 0), "gen-1", ..."""
-    from .storage import STUDY_RECORD
+    from ..storage import STUDY_RECORD
 
     try:
         record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
@@ -70,7 +70,7 @@ def tested_ray_range() -> str:
 
 def check_ray_versions(storage: Storage, name: str) -> None:
     """UserError if a Ray outside RAY_STATE_TESTED wrote (ran) this study, by the versions its record holds."""
-    from .storage import STUDY_RECORD
+    from ..storage import STUDY_RECORD
 
     try:
         record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
@@ -418,9 +418,9 @@ def build_tables(storage: Storage, name: str):
 
 def _identity(storage: Storage, name: str):
     """config -> configuration id under the study's current spec (orchestrator/plan.py), or None."""
-    from .plan import config_id, identity_keys
-    from .space import StudySpec
-    from .storage import STUDY_RECORD
+    from ..plan import config_id, identity_keys
+    from ..space import StudySpec
+    from ..storage import STUDY_RECORD
 
     try:
         spec = StudySpec.from_json(json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))["spec"])
@@ -432,7 +432,7 @@ def _identity(storage: Storage, name: str):
 
 def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
     """The study's name, metric, mode and swept keys, so a table alone says what was searched."""
-    from .storage import STUDY_RECORD
+    from ..storage import STUDY_RECORD
 
     path = storage.join(name, STUDY_RECORD)
     meta = {"adder_sweep.study": name}
@@ -447,7 +447,7 @@ def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
 
 
 def _write_table(storage: Storage, table, path: str) -> None:
-    from .records import parquet_bytes
+    from ..records import parquet_bytes
 
     storage.write_bytes(path, parquet_bytes(table))
 

@@ -139,7 +139,7 @@ def heatmap_figure(study: Study, x: str, y: str, value: Optional[str] = None, ag
     t = study.trials.copy()
     resolve_keys(t, [x, y], "--heatmap")
     if x == y:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"--heatmap {x},{y}: give two different keys")
     col = resolve_value(t, value or study.spec.metric)
@@ -171,7 +171,7 @@ def heatmap_keys(study: Study, requested: Optional[list[str]] = None) -> Optiona
     """Two keys for the heatmap: the user's, else the first two swept keys (None if fewer are swept)."""
     if requested:
         if len(requested) != 2:
-            from .errors import UserError
+            from ..errors import UserError
 
             raise UserError(f"--heatmap {','.join(requested)}: give exactly two keys, e.g. --heatmap lr,digits")
         return requested[0], requested[1]
@@ -208,7 +208,7 @@ def write_plots(study: Study, *, color_by: Optional[str] = None, heatmap: Option
         path = storage.join(study.name, PLOTS_DIR, filename)
         data = png_bytes(fig)
         if storage.is_local:
-            from .records import write_atomic
+            from ..records import write_atomic
 
             write_atomic(path, data)
         else:

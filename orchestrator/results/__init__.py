@@ -1,0 +1,4 @@
+"""Reading studies: result tables (Parquet), replicate statistics, reports, plots, and their commands.
+
+The other half of ``orchestrator`` runs studies; this half only reads what they wrote (and never imports Ray).
+"""
