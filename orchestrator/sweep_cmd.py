@@ -16,6 +16,7 @@ def register(sub) -> None:
     v = sub.add_parser("validate", help="check a search-space file and print the resolved space and trial count")
     v.add_argument("file", help="search-space YAML file")
     v.add_argument("--smoke", action="store_true", help="show the space as --smoke would run it")
+    v.add_argument("--repeats", type=int, help="as for sweep: seeds per configuration")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="as for sweep: replace one entry of the space")
     v.set_defaults(func=cmd_validate)
@@ -28,6 +29,8 @@ def register(sub) -> None:
     s.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed); also the torch threads")
     s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share one GPU)")
     s.add_argument("--smoke", action="store_true", help="tiny iteration budget, for trying a file quickly")
+    s.add_argument("--repeats", type=int, help="seeds per configuration (replicates), replacing the file's repeats: "
+                   "e.g. --repeats 1 for one seed of a file that has 3 (recorded)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="replace one entry of the file's space (VALUE in YAML), e.g. --set digits=100 "
                         "--set 'seed={grid: [0]}'; recorded in the study (repeatable)")
@@ -86,8 +89,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .space import describe, read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
+    spec = _with_repeats(spec, args.repeats)
     print(describe(spec.smoke() if args.smoke else spec))
     return 0
+
+
+def _with_repeats(spec, repeats):
+    if repeats is None:
+        return spec
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats}: must be >= 1")
+    from .space import respec
+
+    return respec(spec, f"{spec.source} (with --repeats {repeats})", repeats=repeats)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -107,6 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_flags(args)
     file_spec, text = read_space_file(args.file)
     spec = parse_space(text, args.file, Path(args.file).stem, tuple(args.overrides)) if args.overrides else file_spec
+    spec = _with_repeats(spec, args.repeats)
     spec = spec.smoke() if args.smoke else spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
     runtime_env = load_runtime_env(args.runtime_env)

@@ -81,9 +81,9 @@ def test_unwritable_storage_fails_before_ray(tmp_path, capsys):
 
 def test_set_overrides_entries_of_the_space(capsys):
     path = str(ROOT / "search_spaces" / "seed_lr.yaml")
-    assert main(["validate", path, "--set", "digits={grid: [100]}", "--set", "seed=0"]) == 0
+    assert main(["validate", path, "--set", "digits={grid: [100]}", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "trials: 12 (12 grid points" in out and "grid(100)" in out
+    assert "trials: 12 (12 grid points x 1 sample x 1 seed [0]" in out and "grid(100)" in out
     assert main(["validate", path, "--set", "digitz=3"]) == 2
     assert "space.digitz: unknown training-config key (did you mean 'digits'?)" in capsys.readouterr().err
     assert main(["validate", path, "--set", "digits"]) == 2
