@@ -1,8 +1,9 @@
 """``make bench``: every benchmark of issue 7 in one run, written to ``benchmarks/RESULTS.md``.
 
 Sections, in this order (``--only`` picks some): step (throughput vs the assignment's loop, matmul rate, MFU;
-``benchmarks/step.py``), threads, startup, overhead, schedulers, gpu (``benchmarks/sweep_bench.py``), and
-memory (peak RSS of the trial workers of every sweep above). Each section prints its wall time; a section that
+``benchmarks/step.py``), threads, startup, overhead, schedulers, gpu (``benchmarks/sweep_bench.py``),
+memory (peak RSS of the trial workers of every sweep above), and analysis (start-up of the commands that do not
+train, loading a 1,000-trial study: ``benchmarks/analysis_bench.py``). Each section prints its wall time; a section that
 fails is reported as failed and the run goes on. The "Targets" table compares the measurements with the issue's
 targets and says plainly why one is not met.
 
@@ -29,11 +30,12 @@ sys.path.insert(0, str(HERE))  # the sibling modules, whether run as a script or
 
 import torch  # noqa: E402
 
+import analysis_bench  # noqa: E402
 import step  # noqa: E402
 import sweep_bench as sb  # noqa: E402
 from common import CoreShare, machine_info, machine_markdown, markdown_table, usable_cores  # noqa: E402
 
-SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory")
+SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis")
 BUSY = 0.25  # other processes' cores above which a section is flagged as contended
 UNSTEADY = 0.5  # spread of the rounds ((max - min) / median) above which a timing cannot decide a target
 
@@ -59,6 +61,8 @@ def run_sections(names: list[str], quick: bool, repeats: int, workdir: Path) -> 
         "gpu": lambda: sb.gpu(quick, workdir, cores),
         "memory": lambda: sb.memory([sw for r in results.values() if isinstance(r, dict)
                                      for sw in r.get("sweeps", [])]),
+        "analysis": lambda: {"startup": analysis_bench.startup(3 if quick else 7),
+                             "load": analysis_bench.load(200 if quick else 1000)},
     }
     for name in names:
         sb.log(f"== {name} ==")
@@ -211,6 +215,16 @@ def targets(results: dict, quick: bool) -> list[dict]:
     elif "memory" in results:
         add("peak RSS per worker", "not measured", False,
             results["memory"].get("error") or "no sweep ran in this run (memory reads the sweeps' workers)")
+    an = results.get("analysis", {})
+    if "startup" in an:
+        for cmd in ("adder-sweep --help", "adder-sweep validate quick.yaml"):
+            v = an["startup"][cmd]
+            add(f"`{cmd}` starts in < {analysis_bench.T_STARTUP_S:g} s", f"{v:.2f} s", v < analysis_bench.T_STARTUP_S,
+                "the command imports something heavy: tests/test_cli_startup.py names which")
+        ld = an["load"]
+        add(f"load_study of {ld['trials']} trials < {analysis_bench.T_LOAD_S:g} s",
+            f"{ld['from_files_s']:.2f} s from the trial files, {ld['from_tables_s']:.2f} s from the tables",
+            max(ld["from_files_s"], ld["from_tables_s"]) < analysis_bench.T_LOAD_S, "")
     if quick:
         for r in rows:
             if r["met"] in ("no", "unclear"):
@@ -355,10 +369,21 @@ def md_gpu(res: dict) -> list[str]:
             markdown_table(res["rows"], GPU_COLUMNS)]
 
 
+def md_analysis(res: dict) -> list[str]:
+    st, ld = res["startup"], res["load"]
+    rows = [{"what": k, "s": v} for k, v in st.items() if k != "runs"]
+    return [f"Commands that do not train, median of {st['runs']} runs (`benchmarks/analysis_bench.py`); "
+            "tests/test_cli_startup.py checks they import none of torch, ray and pandas:", "",
+            markdown_table(rows, [("what", "command", ""), ("s", "seconds", ".2f")]), "",
+            f"`orchestrator.load_study` of a synthetic {ld['trials']}-trial study (30 reports each): "
+            f"{ld['from_files_s']:.2f} s built from the trial files (no tables yet), {ld['from_tables_s']:.2f} s "
+            "from the Parquet tables (checked current against the trial files)."]
+
+
 RENDER = {"step": ("Step throughput, machine limit, MFU", md_step), "threads": ("Threads", md_threads),
           "startup": ("Start-up", md_startup), "overhead": ("Sweep overhead", md_overhead),
           "schedulers": ("Schedulers: ASHA vs FIFO", md_schedulers), "gpu": ("GPU", md_gpu),
-          "memory": ("Memory", md_memory)}
+          "memory": ("Memory", md_memory), "analysis": ("Reading studies: start-up and loading", md_analysis)}
 
 TARGET_COLUMNS = [("target", "target", ""), ("measured", "measured", ""), ("met", "met", ""), ("reason", "reason", "")]
 TIMING_COLUMNS = [("section", "section", ""), ("wall_s", "wall, s", ".0f"), ("others_cores", "others' cores", ".2f"),

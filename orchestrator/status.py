@@ -51,7 +51,9 @@ def study_summary(storage: Storage, name: str) -> dict:
         v = t["last_result"].get(metric)
         if isinstance(v, (int, float)) and math.isfinite(v):
             ranked.append((best_key(v, mode, t["last_result"].get("iters_to_solve")), v, t, chain[0]["trial_id"]))
-    ranked.sort(key=lambda r: r[0])
+    all_solved = bool(chains) and all(c[-1]["last_result"].get("status") == "solved" for c in chains)
+    # the one rule (results/report.py: default_value): when every trial solved, fewer iterations rank first
+    ranked.sort(key=lambda r: (r[0][1], r[0][0]) if all_solved else r[0])
     best, best_trial, best_id = (ranked[0][1], ranked[0][2], ranked[0][3]) if ranked else (None, None, None)
     driver = driver_note(storage, name)
     alive = driver is not None
@@ -61,7 +63,7 @@ def study_summary(storage: Storage, name: str) -> dict:
     tied = sum(1 for r in ranked if r[1] == best)
     return {"name": name, "trials": len(chains), "planned": planned, "counts": counts, "outcomes": outcomes,
             "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "best_id": best_id,
-            "best_tied": tied, "driver_alive": alive, "driver": driver, "resumable": resumable,
+            "best_tied": tied, "all_solved": all_solved, "driver_alive": alive, "driver": driver, "resumable": resumable,
             "created": record.get("created"), "source": record.get("source"),
             "generations": len(record.get("generations") or [None])}
 
@@ -80,9 +82,11 @@ def print_study_summary(storage: Storage, name: str) -> None:
     if t is not None:
         cfg = t["config"]
         lr_ = t["last_result"]
-        tie = (f" (ranked by iters_to_solve: {s['best_tied']} trials reach {_fmt(s['best'])})"
-               if s["best_tied"] > 1 and lr_.get("iters_to_solve") is not None else "")
-        print(f"Best {s['metric']} = {_fmt(s['best'])} by {s['best_id']}: cell={cfg.get('cell')} "
+        tie = (" (every trial solved: ranked by iters_to_solve)" if s["all_solved"] else
+               f" (ties on {s['metric']} broken by iters_to_solve)" if s["best_tied"] > 1 else "")
+        head = (f"Best: {s['best_id']} solved in {lr_.get('iters_to_solve')} iterations" if s["all_solved"]
+                else f"Best {s['metric']} = {_fmt(s['best'])} by {s['best_id']}")
+        print(f"{head}: cell={cfg.get('cell')} "
               f"layers={cfg.get('layers')} digits={cfg.get('digits')} lr={_fmt(cfg.get('lr'))} seed={cfg.get('seed')} "
               f"(status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve {_fmt(lr_.get('iters_to_solve'))})"
               + tie)

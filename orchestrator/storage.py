@@ -8,11 +8,19 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, Optional
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+
+def _pafs():
+    """pyarrow.fs, imported on first use: commands that never touch storage (--help) skip its import time."""
+    import pyarrow.fs
+
+    return pyarrow.fs
 
 STUDY_RECORD = "adder_study.json"
 
@@ -42,14 +50,14 @@ class Storage:
         root = str(root)
         if "://" in root:
             try:
-                fs, path = pafs.FileSystem.from_uri(root)
+                fs, path = _pafs().FileSystem.from_uri(root)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError with its own text
                 raise UserError(f"--storage {root}: cannot open ({str(exc).splitlines()[0]})") from None
-            if isinstance(fs, pafs.LocalFileSystem):  # file:///abs/path is a local path
+            if isinstance(fs, _pafs().LocalFileSystem):  # file:///abs/path is a local path
                 return cls(str(Path(path).resolve()), fs, str(Path(path).resolve()))
             return cls(root, fs, path.rstrip("/"), split_uri(root)[1])
         path = str(Path(root).expanduser().resolve())
-        return cls(path, pafs.LocalFileSystem(), path)
+        return cls(path, _pafs().LocalFileSystem(), path)
 
     def flag(self) -> str:
         """`` --storage ROOT`` to repeat in a suggested command, or nothing for the default ``./results``."""
@@ -69,7 +77,7 @@ class Storage:
 
     @property
     def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
+        return isinstance(self.fs, _pafs().LocalFileSystem)
 
     def join(self, *parts: str) -> str:
         return "/".join([self.path, *parts])
@@ -81,10 +89,10 @@ class Storage:
         return f"{joined}?{query}" if query else joined
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return self.fs.get_file_info(path).type != _pafs().FileType.NotFound
 
     def is_dir(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type == pafs.FileType.Directory
+        return self.fs.get_file_info(path).type == _pafs().FileType.Directory
 
     def read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:
@@ -112,8 +120,8 @@ class Storage:
     def list_dirs(self) -> list[str]:
         if not self.is_dir(self.path):
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        infos = self.fs.get_file_info(_pafs().FileSelector(self.path, recursive=False))
+        return sorted(i.base_name for i in infos if i.type == _pafs().FileType.Directory)
 
     def check_writable(self, create: bool = False) -> None:
         """Fail before anything starts if studies cannot be written here. A local path must exist unless

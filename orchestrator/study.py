@@ -157,6 +157,14 @@ def tune_points(planned) -> list[dict]:
     return [dict(p.config) for p in planned]
 
 
+def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: int = 0) -> list:
+    """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, and the
+    study page kept current while trials run."""
+    from .callbacks import HParamsLogger, LivePage, hparam_keys
+
+    return [HParamsLogger(hparam_keys(spec)), LivePage(name, storage.root, spec.to_json(), generation)]
+
+
 def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optional[list[dict]] = None,
                 gen_path: str = "", history: tuple = ()):
     """The Tuner of one generation. Grid and random studies run the trials the driver resolved
@@ -184,7 +192,8 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
         # Two checkpoints per trial suffice to fall back from a damaged one; PBT needs more: a donor's checkpoint
         # must outlive the recipient's restore, so there all are kept.
         checkpoint_config=CheckpointConfig(num_to_keep=None if spec.scheduler["type"] == "pbt" else 2),
-        progress_reporter=reporter, verbose=1)
+        progress_reporter=reporter, verbose=1,
+        callbacks=trial_callbacks(spec, name, storage, int(gen_path.split("-")[-1]) if gen_path else 0))
     if spec.search["type"] == "optuna" and points is None:
         space = param_space(spec)
         searcher = make_searcher(spec)
@@ -386,19 +395,9 @@ def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
         return []
 
 
-def error_line(text: str) -> str:
-    """The telling line of a Ray Tune error file: the Python exception (``ValueError: ...``) if there is one, else
-    the first line after Ray's "Failure # N" header."""
-    import re
-
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    body = [line for line in lines if not line.startswith("Failure #")]
-    exc = [line for line in body if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", line)]
-    line = exc[-1] if exc else (body[0] if body else "")
-    return line[:300]
-
-
 def _trial_error(storage: Storage, name: str, trial: dict) -> TrialError:
+    from .results.tables import error_line
+
     path = None
     message = "the trial ended in error (Ray recorded no error file)"
     if trial.get("dir"):

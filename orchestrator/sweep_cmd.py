@@ -180,6 +180,17 @@ def _describe_config(config: dict, keys: list[str]) -> str:
     return " ".join(f"{k}={config.get(k)}" for k in keys if k in config)
 
 
+def _write_page(storage, name: str) -> None:
+    """report.html from the tables just written; a page that cannot be drawn is a warning, never a failed run."""
+    try:
+        from .results.page import write
+        from .results.report import load_study
+
+        write(load_study(storage.uri(name), storage.root))
+    except Exception as exc:
+        print(f"adder-sweep: report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
 def finish(outcome, args) -> int:
     """Tables, the summary, and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if
     any ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over."""
@@ -189,7 +200,8 @@ def finish(outcome, args) -> int:
     from .results.tables import write_tables
 
     storage = Storage.open(outcome.storage)
-    write_tables(storage, outcome.name)
+    if write_tables(storage, outcome.name) is not None:
+        _write_page(storage, outcome.name)
     print()
     try:
         print_study_summary(storage, outcome.name)
@@ -223,7 +235,8 @@ def finish(outcome, args) -> int:
         print(f"Errored trials continue from their last checkpoint with: adder-sweep resume {outcome.name}{where}"
               f"{addr}", file=sys.stderr)
         return EXIT_TRIALS_ERRORED
-    print(f"Tables and plots: adder-sweep report {outcome.name}{where}")
+    print(f"Study page: {storage.uri(outcome.name, 'report.html')}  (tables and plots: adder-sweep report "
+          f"{outcome.name}{where})")
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.cluster import load_runtime_env, resolve_address, trial_runtime_env
 from orchestrator.errors import UserError
-from orchestrator.study import error_line
+from orchestrator.results.tables import error_line
 from tests.conftest import ROOT, run_cli, write_space
 
 BIN = Path(sys.executable).parent
@@ -94,7 +94,7 @@ def test_a_trial_in_error_makes_the_sweep_exit_1_naming_it(ray_local, tmp_path, 
     assert all("RuntimeError: device cuda was requested but torch sees no CUDA device" in l for l in lines)
     error_file = err.split("full error: ")[1].splitlines()[0]
     assert Path(error_file).is_file() and "device cuda" in Path(error_file).read_text()
-    assert "adder-sweep resume err" in err and "Tables and plots" not in out.out
+    assert "adder-sweep resume err" in err and "Study page:" not in out.out
 
 
 def test_sigterm_stops_like_ctrl_c_exits_143_and_resumes(ray_local, tmp_path):

@@ -243,7 +243,7 @@ def test_report_groups_replicates_with_intervals(replicate_root):
     assert p.estimates is not None and p.title.startswith("mean ± 95% CI of iters_to_solve by cell")
     for cell in ("rnn", "gru"):
         rows = study.trials[study.trials.cell == cell]
-        want = censored_estimate(list(rows["iters_to_solve"]), list(rows["iters_run"]))
+        want = censored_estimate(list(rows["iters_to_solve"]), list(rows["iters"]))
         got = p.estimates.loc[cell, "iters_to_solve"]
         assert (got.mean, got.n, got.solved) == (want.mean, 3, want.solved)
     acc = report.make_pivot(study, ["cell"], "final_exact_acc").estimates.loc["gru", "final_exact_acc"]
@@ -269,3 +269,25 @@ def test_compare_is_paired_by_seed(replicate_root):
     r = run_cli("compare", "reps", "reps-lr", "--storage", replicate_root, "--by", "cell", "--value",
                 "final_loss", check=0)
     assert "B - A (95% CI)" in r.stdout and "(n=3)" in r.stdout
+
+
+def test_tensorboard_hparams_list_every_trial_with_its_keys_and_final_metrics(root, study):
+    """What the HParams tab shows, read back with TensorBoard's own event reader and hparams plugin parser."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    sessions = {}
+    for events in (root / "rep").glob("trial_*/events.out.tfevents.*"):
+        ea = EventAccumulator(str(events.parent))
+        ea.Reload()
+        content = ea.PluginTagToContent(metadata.PLUGIN_NAME)
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        hp = {k: (v.string_value or v.number_value) for k, v in start.hparams.items()}
+        final = ea.Scalars("ray/tune/exact_acc")[-1].value
+        sessions[events.parent.name] = (hp, final)
+    t = study.trials.set_index("trial_dir")
+    assert set(sessions) == set(t.index)  # every trial has its session
+    for trial_dir, (hp, final) in sessions.items():
+        row = t.loc[trial_dir]
+        assert hp == {"cell": row["cell"], "digits": row["digits"], "seed": row["seed"]}
+        assert final == pytest.approx(row["final_exact_acc"])

@@ -40,7 +40,7 @@ def test_group_estimates_and_ranking_put_solved_fraction_first():
     t = pd.DataFrame({
         "cell": ["rnn"] * 3 + ["gru"] * 3 + ["lstm"] * 3,
         "iters_to_solve": [300, 350, None, 900, 1000, 1100, 500, 500, 500],
-        "iters_run": [300, 350, 3000, 900, 1000, 1100, 500, 500, 500],
+        "iters": [3000] * 9,
     })
     g = stats.group_estimates(t, ["cell"], "iters_to_solve")
     by = {row.cell: row.estimate for row in g.itertuples()}

@@ -115,7 +115,7 @@ def test_readable_by_pandas_and_others_as_is(study):
     trials = pd.read_parquet(d / "trials.parquet")
     assert len(trials) == 4
     assert len(pd.read_parquet(d / "metrics.parquet")) == trials["reports"].sum()
-    for mod, query in (("duckdb", lambda p: __import__("duckdb").sql(f"select count(*) from '{p}'").fetchone()[0]),
+    for mod, query in (("duckdb", lambda p: __import__("duckdb").sql(f"select count(*) from '{p}'").fetchall()[0][0]),
                        ("polars", lambda p: __import__("polars").read_parquet(p).height)):
         try:
             __import__(mod)

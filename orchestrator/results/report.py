@@ -18,8 +18,7 @@ from ..errors import UserError
 from ..space import Dist, StudySpec
 from ..storage import DEFAULT_STORAGE, Storage
 
-AGGS = ("median", "mean", "min", "max", "std", "count")
-FORMATS = ("text", "md", "csv", "json")
+from . import AGGS, FORMATS  # noqa: F401  (the flags' choices; re-exported)
 # metric names a user types, and the per-trial column they mean
 VALUE_ALIASES = {"exact_acc": "best_exact_acc", "digit_acc": "best_digit_acc", "loss": "best_loss"}
 LOWER_IS_BETTER = ("iters_to_solve", "iters_run", "wall_s", "train_s", "num_failures")
@@ -127,14 +126,17 @@ def split_keys(text: Optional[str]) -> Optional[list[str]]:
 
 def default_value(study: Study) -> tuple[str, Optional[str]]:
     """The value that ranks trials and fills the pivot by default, and why when it is not the study's metric:
-    when every trial reaches the same best value of the metric (every trial solved, say), the metric tells them
-    apart no more, and the iterations it took them do."""
+    when every trial solved (and so reached the same best value of the metric, with target 1), the metric tells
+    them apart no more, and the iterations it took them do."""
     metric = VALUE_ALIASES.get(study.spec.metric, study.spec.metric)
     t = study.trials
     values = t[metric].dropna() if metric in t else pd.Series(dtype=float)
-    if len(values) > 1 and values.nunique() == 1 and t["iters_to_solve"].notna().all():
-        return "iters_to_solve", (f"every trial reached {metric} = {fmt(_plain(values.iloc[0]))}: ranked by "
-                                  "iters_to_solve (fewer is better)")
+    if len(t) > 1 and t["iters_to_solve"].notna().all():
+        if values.nunique() == 1:
+            return "iters_to_solve", (f"every trial reached {metric} = {fmt(_plain(values.iloc[0]))}: ranked by "
+                                      "iters_to_solve (fewer is better)")
+        return "iters_to_solve", ("every trial solved (reached its target exact_acc): ranked by iters_to_solve "
+                                  "(fewer is better)")
     return metric, None
 
 

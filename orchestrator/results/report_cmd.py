@@ -15,7 +15,7 @@ from ..storage import DEFAULT_STORAGE
 
 
 def register(sub) -> None:
-    from .report import AGGS, FORMATS
+    from . import AGGS, FORMATS
 
     r = sub.add_parser("report", help="summary, pivot table and plots of a study; writes report.md, plots/ and "
                                       "the Parquet tables in the study directory")
@@ -73,9 +73,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         plots = write_plots(study, color_by=args.color_by, heatmap=split_keys(args.heatmap), value=args.value,
                             agg=args.agg or ("mean" if study.has_replicates else "median"))
     study.storage.write_text(study.storage.join(study.name, "report.md"), render_report(summary, pivot, "md", plots))
+    from .page import PAGE, write
+
+    write(study, color_by=args.color_by)
     sys.stdout.write(render_report(summary, pivot, args.format))
     if args.format == "text":
-        written = ", ".join(["trials.parquet", "metrics.parquet", "report.md", *plots])
+        written = ", ".join(["trials.parquet", "metrics.parquet", "report.md", PAGE, *plots])
         print(f"\nwrote in {study.path}: {written}")
     return 0
 

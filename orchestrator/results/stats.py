@@ -107,8 +107,9 @@ def group_estimates(trials: pd.DataFrame, by: list[str], value: str) -> pd.DataF
     groups = trials.groupby(by, dropna=False, observed=True, sort=True) if by else [((), trials)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        if value in CENSORED:
-            e = censored_estimate(list(g[value]), list(g["iters_run"].fillna(0)))
+        if value in CENSORED:  # a never-solved trial counts at its budget (stopped early or not)
+            budget = g["iters"] if "iters" in g else g["iters_run"]
+            e = censored_estimate(list(g[value]), list(budget.fillna(0)))
         else:
             e = estimate(list(g[value]))
         rows.append({**dict(zip(by, key)), "estimate": e, "mean": e.mean, "half": e.half, "std": e.std, "n": e.n,

@@ -8,7 +8,7 @@ whose config names its predecessor (``_continues``); the tables join them into o
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from ..errors import UserError
 from ..storage import Storage
@@ -178,6 +178,18 @@ def _final_states(storage: Storage, name: str, state_path: str, gen_path: str = 
     if record.get("experiment_state") != state_path.rsplit("/", 1)[-1]:
         return {}
     return record.get("states", {})
+
+
+def error_line(text: str) -> str:
+    """The telling line of a Ray Tune error file: the Python exception (``ValueError: ...``) if there is one, else
+    the first line after Ray's "Failure # N" header."""
+    import re
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    body = [line for line in lines if not line.startswith("Failure #")]
+    exc = [line for line in body if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", line)]
+    line = exc[-1] if exc else (body[0] if body else "")
+    return line[:300]
 
 
 def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, Any]]:
@@ -365,21 +377,23 @@ def build_tables(storage: Storage, name: str):
     """(trials, metrics) as pyarrow Tables from what Ray Tune wrote; works on an unfinished study too. One trials
     row per logical trial (its generations joined). Raises UserError if an experiment state is unreadable;
     returns (None, None) if there is none yet."""
+    trials = load_trials(storage, name)
+    if not trials and experiment_state_path(storage, name) is None:
+        return None, None
+    per_trial = [(chain, *_chain_reports(storage, name, chain)) for chain in logical_trials(trials)]
+    return tables_from(name, per_trial, _identity(storage, name), _table_metadata(storage, name))
+
+
+def tables_from(name: str, per_trial: list, ids=None, meta: Optional[dict] = None):
+    """The two tables from logical trials given as (chain of Tune-trial dicts as load_trials gives them, reports
+    oldest first, wall seconds or None) -- from storage (build_tables) or from a driver's memory (the live page)."""
     import pyarrow as pa
 
     from trainables.config import field_specs
 
-    trials = load_trials(storage, name)
-    if not trials and experiment_state_path(storage, name) is None:
-        return None, None
     specs = field_specs()
-    ids = _identity(storage, name)
     trial_rows: list[dict] = []
     metric_rows: list[dict] = []
-    per_trial = []
-    for chain in logical_trials(trials):
-        reports, wall = _chain_reports(storage, name, chain)
-        per_trial.append((chain, reports, wall))
     lengths = report_lengths(r for _, reports, _ in per_trial for r in reports)
     extra = length_columns(lengths)
     for chain, reports, wall in per_trial:
@@ -398,10 +412,10 @@ def build_tables(storage: Storage, name: str):
             "iters_to_solve": its if isinstance(its, int) else None,
             "iters_run": last.get("iter"), "reports": len(reports),
             "wall_s": wall, "train_s": _num(last.get("time_s")),
-            "num_failures": sum(c["num_failures"] for c in chain), "node": last.get("node"),
-            "hostname": last.get("hostname"), "error_file": t["error_file"], "trial_dir": t["dir"],
-            "config_id": ids(config) if ids else None, "generation": t["generation"],
-            "first_generation": first["generation"], "tune_trials": ",".join(c["trial_id"] for c in chain),
+            "num_failures": sum(c.get("num_failures", 0) for c in chain), "node": last.get("node"),
+            "hostname": last.get("hostname"), "error_file": t.get("error_file"), "trial_dir": t.get("dir"),
+            "config_id": ids(config) if ids else None, "generation": t.get("generation", 0),
+            "first_generation": first.get("generation", 0), "tune_trials": ",".join(c["trial_id"] for c in chain),
             **{f"final_{c}": _num(last.get(c)) for c in extra},
         })
         trial_rows.append(row)
@@ -409,16 +423,22 @@ def build_tables(storage: Storage, name: str):
             metric_rows.append({"study": name, "trial_id": first["trial_id"],
                                 **{k: (r.get(k) if typ != "float64" else _num(r.get(k))) for k, typ in METRIC_FIELDS},
                                 **{c: _num(r.get(c)) for c in extra}})
-    tschema, mschema = trials_schema(lengths), metrics_schema(lengths)
-    meta = _table_metadata(storage, name)
-    trials_table = pa.Table.from_pylist(trial_rows, schema=tschema).replace_schema_metadata(meta)
-    metrics_table = pa.Table.from_pylist(metric_rows, schema=mschema).replace_schema_metadata(meta)
+    meta = meta or {"adder_sweep.study": name}
+    trials_table = pa.Table.from_pylist(trial_rows, schema=trials_schema(lengths)).replace_schema_metadata(meta)
+    metrics_table = pa.Table.from_pylist(metric_rows, schema=metrics_schema(lengths)).replace_schema_metadata(meta)
     return trials_table, metrics_table
+
+
+def identity_function(spec):
+    """config -> configuration id under ``spec`` (orchestrator/plan.py)."""
+    from ..plan import config_id, identity_keys
+
+    keys = identity_keys(spec)
+    return lambda config: config_id(config, keys)
 
 
 def _identity(storage: Storage, name: str):
     """config -> configuration id under the study's current spec (orchestrator/plan.py), or None."""
-    from ..plan import config_id, identity_keys
     from ..space import StudySpec
     from ..storage import STUDY_RECORD
 
@@ -426,8 +446,7 @@ def _identity(storage: Storage, name: str):
         spec = StudySpec.from_json(json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))["spec"])
     except (OSError, ValueError, KeyError, TypeError, FileNotFoundError):
         return None
-    keys = identity_keys(spec)
-    return lambda config: config_id(config, keys)
+    return identity_function(spec)
 
 
 def _table_metadata(storage: Storage, name: str) -> dict[str, str]:

@@ -1,0 +1,154 @@
+"""Ray Tune callbacks of the sweep driver: TensorBoard's HParams records, and the live study page.
+
+* ``HParamsLogger``: Ray's TensorBoard logger (it stays the only one: Ray adds its own only when none is given)
+  writes a trial's HParams record at its end from ``trial.evaluated_params`` -- the values Tune's searcher sampled.
+  adder-sweep resolves every grid and random trial in the driver (orchestrator/plan.py), so Tune samples nothing
+  and Ray would record no hyperparameters at all. This subclass records the study's swept keys and seed instead,
+  with the trial's final metrics, in the trial's own event file: one HParams session per trial.
+* ``LivePage``: while trials run, rewrites ``report.html`` every 30 s (atomically) from the results the driver
+  holds in memory, so an open browser tab shows progress without anything re-reading storage.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from ray.tune.callback import Callback
+from ray.tune.logger import TBXLoggerCallback
+
+HPARAM_METRICS = ("exact_acc", "digit_acc", "loss", "iter", "iters_to_solve", "lr")
+
+
+class HParamsLogger(TBXLoggerCallback):
+    def __init__(self, keys: list[str]):
+        super().__init__()
+        self._keys = list(keys)
+
+    def hparams_of(self, trial) -> dict:
+        """The trial's hyperparameters: the study's swept keys and its seed, as TensorBoard's types."""
+        from .results.tables import training_values
+
+        config = training_values(trial.config)
+        out = {}
+        for k in self._keys:
+            v = config.get(k)
+            if isinstance(v, (list, tuple)):
+                v = ",".join(map(str, v))
+            if v is not None:
+                out[k] = v
+        return out
+
+    def log_trial_end(self, trial, failed: bool = False):
+        if trial not in self._trial_writer:
+            return
+        result = self._trial_result.get(trial) or {}
+        if not failed and result:
+            metrics = {}
+            for key, value in result.items():
+                name = key.rsplit("/", 1)[-1]
+                if (name in HPARAM_METRICS or name.startswith(("exact_acc@", "digit_acc@"))) \
+                        and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    metrics[key] = value
+            self._log_hparams(trial, self.hparams_of(trial), metrics)
+        self._trial_writer[trial].close()
+        del self._trial_writer[trial]
+        del self._trial_result[trial]
+
+    def _log_hparams(self, trial, params: dict, metrics: dict) -> None:
+        from tensorboardX.summary import hparams
+
+        try:
+            experiment, start, end = hparams(hparam_dict=params, metric_dict=metrics)
+            writer = self._trial_writer[trial].file_writer
+            for summary in (experiment, start, end):
+                writer.add_summary(summary)
+        except Exception as exc:  # a logging aid must never fail a study
+            print(f"adder-sweep: TensorBoard hparams of trial {trial.trial_id} not written ({exc})", file=sys.stderr)
+
+
+class LivePage(Callback):
+    """Keeps ``report.html`` of a running study current: every LIVE_EVERY_S seconds (and at the end), from the
+    configs and results Tune hands the driver -- never from storage. Holds only plain data, so Tune can pickle it
+    with the study's state (tuner.pkl)."""
+
+    def __init__(self, name: str, storage_root: str, spec_json: dict, generation: int = 0,
+                 every_s: float | None = None):
+        self.name, self.storage_root, self.spec_json, self.generation = name, storage_root, spec_json, generation
+        self.every = LIVE_EVERY_S if every_s is None else every_s
+        self.trials: dict[str, dict] = {}
+        self._last = 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "trials": {}, "_last": 0.0}  # results are Tune's to keep, not ours
+
+    def _entry(self, trial) -> dict:
+        from .results.tables import training_values
+
+        e = self.trials.setdefault(trial.trial_id, {"reports": [], "state": "pending"})
+        e["config"] = training_values(trial.config)
+        return e
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._entry(trial)["state"] = "running"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        report = {k: v for k, v in result.items() if not isinstance(v, dict)}
+        self._entry(trial)["reports"].append(report)
+        self._maybe_write(force=False)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._entry(trial)["state"] = "terminated"
+        self._maybe_write(force=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._entry(trial)["state"] = "errored"
+        self._maybe_write(force=False)
+
+    def on_experiment_end(self, trials, **info):
+        self._maybe_write(force=True)
+
+    def _maybe_write(self, force: bool) -> None:
+        now = time.monotonic()
+        if not self.trials or (not force and now - self._last < self.every):
+            return
+        self._last = now
+        try:
+            write_live_page(self.name, self.storage_root, self.spec_json, self.generation, self.trials, self.every)
+        except Exception as exc:  # the page is a view; the study goes on without it
+            print(f"adder-sweep: live report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def write_live_page(name: str, storage_root: str, spec_json: dict, generation: int, trials: dict,
+                    every_s: float) -> str:
+    """The page of the trials the driver holds in memory (this generation's), built with the same table code as
+    from storage, written atomically beside the study's tables."""
+    from .results.page import write
+    from .results.report import Study
+    from .results.tables import identity_function, tables_from
+    from .space import StudySpec
+    from .storage import Storage, read_record
+
+    storage = Storage.open(storage_root)
+    spec = StudySpec.from_json(spec_json)
+    per_trial = []
+    for trial_id, e in sorted(trials.items()):
+        reports = sorted(e["reports"], key=lambda r: r.get("iter", 0))
+        wall = reports[-1].get("time_total_s") if reports else None
+        chain = [{"trial_id": trial_id, "state": e["state"], "config": e.get("config", {}),
+                  "generation": generation, "num_failures": 0, "error_file": None, "dir": None}]
+        per_trial.append((chain, reports, wall))
+    trials_t, metrics_t = tables_from(name, per_trial, identity_function(spec))
+    study = Study(name, storage, read_record(storage, name), spec, trials_t.to_pandas(), metrics_t.to_pandas())
+    return write(study, live_note=f"Live view at {time.strftime('%H:%M:%S')}: the {len(trials)} trials this run has "
+                                  f"started so far (generation {generation}), from the driver's memory; rewritten "
+                                  f"every {every_s:g} s. The complete page is written when the command ends.")
+
+
+LIVE_EVERY_S = float(os.environ.get("ADDER_SWEEP_PAGE_EVERY_S", "30"))
+
+
+def hparam_keys(spec) -> list[str]:
+    """The keys recorded as hyperparameters: the swept ones, and seed (replicates)."""
+    keys = [k for k in spec.swept_keys()]
+    return keys + (["seed"] if "seed" not in keys else [])
