@@ -354,7 +354,8 @@ def md_memory(res: dict) -> list[str]:
             "(the pids named in the reports and every process of the sweep's session that Ray titles "
             "`ray::ImplicitFunc`) and of the "
             "`adder-sweep` driver; a peak reached after the last poll of a pid is missed. The last column sums "
-            "VmRSS over all the sweep's processes (driver, Ray's GCS, raylet and helpers, workers) at one poll.", "", markdown_table(res["rows"], MEMORY_COLUMNS)]
+            "VmRSS over all the sweep's processes (driver, Ray's GCS, raylet and helpers, workers) at one poll.", "",
+            markdown_table(res["rows"], MEMORY_COLUMNS)]
 
 
 GPU_COLUMNS = [("trials_sharing", "trials sharing 1 GPU", "d"), ("gpus_per_trial", "--gpus-per-trial", ".3g"),

@@ -82,7 +82,8 @@ def _check_reachable(address: str) -> None:
         if isinstance(exc, socket.timeout):
             reason = f"no answer within {CONNECT_TIMEOUT_S:g}s"
         raise UserError(f"--address {address}: cannot reach {hp[0]}:{hp[1]} ({reason}); is the cluster up "
-                        "(`ray status` on its head node), and is that port open from this machine (firewall)?") from None
+                        "(`ray status` on its head node), and is that port open from this machine (firewall)?"
+                        ) from None
 
 
 def _local_token() -> Optional[str]:

@@ -39,7 +39,7 @@ SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
               "resources", "max_concurrent", "checkpoint_every", "max_failures", "space")
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200}
-SMOKE_GRID_POINTS = 8
+SMOKE_GRID_POINTS = 4
 
 
 class SpaceError(UserError):

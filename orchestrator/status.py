@@ -63,7 +63,8 @@ def study_summary(storage: Storage, name: str) -> dict:
     tied = sum(1 for r in ranked if r[1] == best)
     return {"name": name, "trials": len(chains), "planned": planned, "counts": counts, "outcomes": outcomes,
             "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "best_id": best_id,
-            "best_tied": tied, "all_solved": all_solved, "driver_alive": alive, "driver": driver, "resumable": resumable,
+            "best_tied": tied, "all_solved": all_solved, "driver_alive": alive, "driver": driver,
+            "resumable": resumable,
             "created": record.get("created"), "source": record.get("source"),
             "generations": len(record.get("generations") or [None])}
 

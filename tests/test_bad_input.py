@@ -143,7 +143,8 @@ CHECKPOINT_CASES = [
     (_foreign, "not an adder-sweep checkpoint (no 'format' key"),
     (_truncated, "checkpoint is unreadable"),
     (_not_torch, "checkpoint is unreadable"),
-    (_wrong_weights, "damaged checkpoint: the weights do not fit its config (Error(s) in loading state_dict for AdderNet: size mismatch"),
+    (_wrong_weights, "damaged checkpoint: the weights do not fit its config "
+                     "(Error(s) in loading state_dict for AdderNet: size mismatch"),
 ]
 
 

@@ -26,8 +26,8 @@ def reference(ray_local, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_driver_killed_three_times_then_resumed(reference, tmp_path):
-    problems = run_scenario(tmp_path, reference, seed=1, kills=3, log=lambda *a: None)
+def test_driver_killed_twice_then_resumed(reference, tmp_path):
+    problems = run_scenario(tmp_path, reference, seed=1, kills=2, log=lambda *a: None)
     assert problems == []
 
 

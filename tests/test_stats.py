@@ -59,3 +59,10 @@ def test_paired_differences_match_seeds():
     assert d.loc["rnn", "diff"].mean == 2.5
     assert d.loc["rnn", "diff"].half == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2))
     assert d.loc["gru", "diff"].mean == 2.0
+
+
+def test_interval_text_rounds_mean_and_half_width_alike():
+    assert stats.plus_minus(241.6667, 35.86) == "242 ± 36"
+    assert stats.plus_minus(0.95312, 0.01234) == "0.953 ± 0.012"
+    assert stats.plus_minus(0.5, 0.25) == "0.50 ± 0.25"
+    assert stats.estimate([0.9, 0.95, 1.0]).text() == "0.95 ± 0.12"

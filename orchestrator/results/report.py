@@ -447,8 +447,12 @@ def compare(a: Study, b: Study, by: Optional[list[str]] = None, value: Optional[
 def _signed(e) -> str:
     if e.n == 0:
         return "-"
-    m = fmt(e.mean) if e.mean < 0 else "+" + fmt(e.mean)
-    return m if e.half != e.half else f"{m} ± {fmt(e.half)} (n={e.n})"
+    from .stats import plus_minus
+
+    if e.half != e.half:
+        return fmt(e.mean) if e.mean < 0 else "+" + fmt(e.mean)
+    text = plus_minus(e.mean, e.half)
+    return f"{text if e.mean < 0 else '+' + text} (n={e.n})"
 
 
 def _distinct(series: pd.Series) -> list[str]:
@@ -577,8 +581,8 @@ def report_json(s: dict, p: Pivot) -> dict:
         summary["configs"] = [{k: _plain(v) for k, v in r.items()} for r in s["configs"].to_dict("records")]
     return {"summary": summary,
             "pivot": {"by": p.by, "value": p.value, "agg": p.agg, "rows": rows,
-                      "best": None if p.best is None else [_plain(x) if not isinstance(x, tuple) else list(map(_plain, x))
-                                                           for x in p.best],
+                      "best": None if p.best is None else [
+                          _plain(x) if not isinstance(x, tuple) else list(map(_plain, x)) for x in p.best],
                       "notes": p.notes}}
 
 

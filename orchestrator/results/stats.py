@@ -67,12 +67,21 @@ class Estimate:
             return "-"
         if self.solved == 0:
             return f"> {f(self.censored_at or self.mean)} (0/{self.n} solved)"
-        core = f(self.mean) if self.n < 2 or self.half != self.half else f"{f(self.mean)} ± {f(self.half)}"
+        core = f(self.mean) if self.n < 2 or self.half != self.half else plus_minus(self.mean, self.half)
         if self.lower_bound:
             return f"≥ {f(self.mean)} ({self.solved}/{self.n} solved)"
         if self.solved is not None and self.n > 1:
             return f"{core} ({self.n}/{self.n} solved)"
         return core
+
+
+def plus_minus(mean: float, half: float) -> str:
+    """``mean ± half`` with the half-width to two significant figures and the mean to the same decimals
+    (241.67 ± 35.86 -> "242 ± 36"; 0.95312 ± 0.01234 -> "0.953 ± 0.012")."""
+    if not math.isfinite(half) or half <= 0:
+        return f"{mean:.4g}" if abs(mean) < 100 else f"{mean:.0f}"
+    decimals = min(8, max(0, 1 - math.floor(math.log10(half))))
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
 def estimate(values: Sequence[float]) -> Estimate:
