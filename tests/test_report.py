@@ -291,3 +291,21 @@ def test_tensorboard_hparams_list_every_trial_with_its_keys_and_final_metrics(ro
         row = t.loc[trial_dir]
         assert hp == {"cell": row["cell"], "digits": row["digits"], "seed": row["seed"]}
         assert final == pytest.approx(row["final_exact_acc"])
+
+
+def test_exported_study_reports_from_its_tables_alone(root, study, tmp_path):
+    """A study kept as its tables and record only (as under docs/reproduction/): report and load_study read the
+    tables; without them the study has nothing to tabulate, said in one line."""
+    export = tmp_path / "rep"
+    export.mkdir()
+    for f in ("trials.parquet", "metrics.parquet", "adder_study.json"):
+        shutil.copy(root / "rep" / f, export / f)
+    (export / "adder_study.json").touch()  # newer than the tables, as a copy made in any order can be
+    again = report.load_study(str(export))
+    assert again.trials.sort_values("trial_id")["final_loss"].tolist() == \
+        study.trials.sort_values("trial_id")["final_loss"].tolist()
+    r = run_cli("report", export, "--no-plots", check=0)
+    assert "4/4" in r.stdout or "4 terminated" in r.stdout, r.stdout
+    (export / "metrics.parquet").unlink()
+    r = run_cli("report", export, "--no-plots", check=2)
+    assert r.stderr.strip().count("\n") == 0 and "nothing to tabulate" in r.stderr

@@ -475,8 +475,7 @@ def refresh_tables(storage: Storage, name: str):
     """Build both tables, write them into the study directory and return them (raises UserError)."""
     trials, metrics = build_tables(storage, name)
     if trials is None:
-        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state yet (no trial started); "
-                        "there is nothing to tabulate")
+        return _exported_tables(storage, name)
     # metrics first: a reader that sees the new trials table finds metrics at least as new
     _write_table(storage, metrics, storage.join(name, METRICS_FILE))
     _write_table(storage, trials, storage.join(name, TRIALS_FILE))
@@ -515,9 +514,26 @@ def read_tables(storage: Storage, name: str):
             pass  # damaged: build them anew below
     trials, metrics = build_tables(storage, name)
     if trials is None:
-        raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state yet (no trial started); "
-                        "there is nothing to tabulate")
+        return _exported_tables(storage, name)
     return trials, metrics
+
+
+def _exported_tables(storage: Storage, name: str):
+    """A study with no Ray Tune state: its tables as they are when it has them (an exported study, e.g. the
+    tables and record kept under docs/reproduction/), else UserError -- nothing to tabulate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow.fs import FileType
+
+    paths = [storage.join(name, f) for f in (TRIALS_FILE, METRICS_FILE)]
+    if all(storage.fs.get_file_info(p).type == FileType.File for p in paths):
+        try:
+            return tuple(pq.read_table(p, filesystem=storage.fs) for p in paths)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"study {name!r}: {paths[0].rsplit('/', 1)[-1]} or {METRICS_FILE} is unreadable "
+                            f"({type(exc).__name__}) and there is no Ray Tune state to rebuild them from") from None
+    raise UserError(f"study {name!r} at {storage.uri(name)} has no Ray Tune state yet (no trial started); "
+                    "there is nothing to tabulate")
 
 
 def write_tables(storage: Storage, name: str) -> tuple[str, str] | None:
