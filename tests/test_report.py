@@ -121,6 +121,8 @@ def test_report_cli_pivot_formats_and_files(root, study):
         assert (d / f).is_file(), f
     md = (d / "report.md").read_text()
     assert "## Plots" in md and "](plots/heatmap.png)" in md and "| cell | digits=3 | digits=4 |" in md
+    # the study page's pivot is the one this command printed (its --by / --value / --agg)
+    assert "median iters_to_solve by cell (rows) x digits (columns)" in (d / "report.html").read_text()
     for png in (d / "plots").glob("*.png"):
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000

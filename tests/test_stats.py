@@ -66,3 +66,10 @@ def test_interval_text_rounds_mean_and_half_width_alike():
     assert stats.plus_minus(0.95312, 0.01234) == "0.953 ± 0.012"
     assert stats.plus_minus(0.5, 0.25) == "0.50 ± 0.25"
     assert stats.estimate([0.9, 0.95, 1.0]).text() == "0.95 ± 0.12"
+
+
+def test_equal_means_are_ordered_by_the_tiebreak():
+    groups = pd.DataFrame({"k": ["a", "b", "c"], "mean": [1.0, 1.0, 0.9], "n": [3, 3, 3], "solved": [None] * 3})
+    ranked = stats.rank(groups, "best_exact_acc", lower_is_better=False, tiebreak=pd.Series([900.0, 250.0, 10.0]))
+    assert ranked["k"].tolist() == ["b", "a", "c"]
+    assert stats.rank(groups, "best_exact_acc", lower_is_better=False)["k"].tolist() == ["a", "b", "c"]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..space import Dist
-from .report import Study, fmt, make_pivot, rank_trials, summarize
+from .report import Pivot, Study, fmt, make_pivot, rank_trials, summarize
 
 PAGE = "report.html"
 MAX_CURVES = 400  # per-trial lines drawn; a larger study shows its best trials' curves
@@ -214,10 +214,10 @@ def vs_keys_figure(study: Study, value: str):
     return fig
 
 
-def pivot_figure(study: Study):
+def pivot_figure(study: Study, pivot: Optional[Pivot] = None):
     import plotly.graph_objects as go
 
-    p = make_pivot(study)
+    p = pivot if pivot is not None else make_pivot(study)
     table = p.table
     if table.empty:
         return None, p
@@ -311,8 +311,10 @@ text-align:left;vertical-align:top} th{background:#f5f7fa} code{font-size:.9em}
 """
 
 
-def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None) -> str:
-    """The whole page as HTML text."""
+def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None,
+           pivot: Optional[Pivot] = None) -> str:
+    """The whole page as HTML text. ``pivot``: the one `adder-sweep report` printed (its --by/--value/--agg);
+    default, the study's default pivot."""
     from plotly.offline import get_plotlyjs
 
     s = summarize(study)
@@ -345,7 +347,7 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
     vs = vs_keys_figure(study, value)
     if vs is not None:
         parts.append("<h2>Against each swept key</h2>" + _div(vs, "fig-vs-keys"))
-    pivot, p = pivot_figure(study)
+    pivot, p = pivot_figure(study, pivot)
     if pivot is not None:
         notes = "".join(f"<li>{html.escape(n.lstrip('* ').strip())}</li>" for n in p.notes)
         parts.append("<h2>Pivot</h2>" + _div(pivot, "fig-pivot") + (f"<ul>{notes}</ul>" if notes else ""))
@@ -372,8 +374,9 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
             + "\n".join(parts) + "</body></html>\n")
 
 
-def write(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None) -> str:
+def write(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None,
+          pivot: Optional[Pivot] = None) -> str:
     """Write report.html into the study directory (atomically on local disks); returns its location."""
-    text = render(study, live_note=live_note, color_by=color_by)
+    text = render(study, live_note=live_note, color_by=color_by, pivot=pivot)
     study.storage.write_bytes(study.storage.join(study.name, PAGE), text.encode())
     return study.storage.uri(study.name, PAGE)

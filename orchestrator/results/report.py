@@ -232,7 +232,10 @@ def rank_configurations(study: Study, value: Optional[str] = None) -> pd.DataFra
     groups["solved_fraction"] = [float((g["outcome"] == "solved").mean()) for _, g in
                                  t.groupby(keys, dropna=False, sort=True)]
     lower = lower_is_better(value) if value != study.spec.metric else study.spec.mode == "min"
-    return rank(groups, value, lower)
+    tiebreak = None
+    if value != "iters_to_solve" and "iters_to_solve" in t:  # equal on the metric: sooner solved is better
+        tiebreak = group_estimates(t, keys, "iters_to_solve")["mean"]
+    return rank(groups, value, lower, tiebreak)
 
 
 def summarize(study: Study, top: int = 5) -> dict:

@@ -126,16 +126,19 @@ def group_estimates(trials: pd.DataFrame, by: list[str], value: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def rank(groups: pd.DataFrame, value: str, lower_is_better: bool) -> pd.DataFrame:
-    """Groups best first: censored values by solved fraction then mean; others by mean."""
+def rank(groups: pd.DataFrame, value: str, lower_is_better: bool,
+         tiebreak: Optional[pd.Series] = None) -> pd.DataFrame:
+    """Groups best first: censored values by solved fraction then mean; others by mean. ``tiebreak`` (aligned
+    with ``groups``, lower is better -- e.g. each group's mean censored iters_to_solve) orders equal means."""
     g = groups.copy()
     key = g["mean"] if lower_is_better else -g["mean"]
+    g["_tie"] = tiebreak.to_numpy() if tiebreak is not None else 0.0
     if value in CENSORED:
         g["_frac"] = -(g["solved"].fillna(0) / g["n"].clip(lower=1))
         g["_key"] = key
-        return g.sort_values(["_frac", "_key"], kind="stable").drop(columns=["_frac", "_key"])
+        return g.sort_values(["_frac", "_key", "_tie"], kind="stable").drop(columns=["_frac", "_key", "_tie"])
     g["_key"] = key
-    return g.sort_values("_key", kind="stable").drop(columns=["_key"])
+    return g.sort_values(["_key", "_tie"], kind="stable").drop(columns=["_key", "_tie"])
 
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
