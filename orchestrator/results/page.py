@@ -318,7 +318,8 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
     from plotly.offline import get_plotlyjs
 
     s = summarize(study)
-    value = s["metric"]
+    pivot_fig, p = pivot_figure(study, pivot)
+    value = p.value if p.value in study.trials else s["metric"]  # the figures show what the pivot shows
     parts = []
     states = ", ".join(f"{v} {k}" for k, v in s["states"].items()) or "none"
     outcomes = ", ".join(f"{v} {k}" for k, v in s["outcomes"].items()) or "none yet"
@@ -327,15 +328,15 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
     if len(best):
         b = best.iloc[0]
         best_line = (f"best trial {b['trial_id']}: " + ", ".join(f"{k}={fmt(b[k])}" for k in study.swept if k in b)
-                     + f" ({value} {fmt(b[value])})")
+                     + f" ({s['metric']} {fmt(b[s['metric']])})")
     if s.get("configs") is not None and len(s["configs"]):
         c = s["configs"].iloc[0]
         best_line = "best configuration: " + ", ".join(
-            f"{k}={fmt(c[k])}" for k in s["configs"].columns if k not in (value, "N", "solved")) + \
-            f" ({value} {c[value]}, N={c['N']})"
+            f"{k}={fmt(c[k])}" for k in s["configs"].columns if k not in (s["metric"], "N", "solved")) + \
+            f" ({s['metric']} {c[s['metric']]}, N={c['N']})"
     summary = (f"{s['trials']}/{s['planned']} trials ({states}); outcomes: {outcomes}; compute "
                f"{s['core_s']:.0f} core-seconds" + (f", {s['gpu_s']:.0f} GPU-seconds" if s["gpu_s"] else "")
-               + f"; ranked by {value}" + (f" — {s['ranking_note']}" if s.get("ranking_note") else "")
+               + f"; ranked by {s['metric']}" + (f" — {s['ranking_note']}" if s.get("ranking_note") else "")
                + (f"; {best_line}" if best_line else ""))
     parts.append(f'<div id="fig-summary" class="summary">{html.escape(summary)}</div>')
     if live_note:
@@ -347,10 +348,9 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
     vs = vs_keys_figure(study, value)
     if vs is not None:
         parts.append("<h2>Against each swept key</h2>" + _div(vs, "fig-vs-keys"))
-    pivot, p = pivot_figure(study, pivot)
-    if pivot is not None:
+    if pivot_fig is not None:
         notes = "".join(f"<li>{html.escape(n.lstrip('* ').strip())}</li>" for n in p.notes)
-        parts.append("<h2>Pivot</h2>" + _div(pivot, "fig-pivot") + (f"<ul>{notes}</ul>" if notes else ""))
+        parts.append("<h2>Pivot</h2>" + _div(pivot_fig, "fig-pivot") + (f"<ul>{notes}</ul>" if notes else ""))
     imp, note = importance_figure(study, value)
     parts.append("<h2>Hyperparameter importance</h2>" + (_div(imp, "fig-importance") if imp is not None else
                                                         f'<p id="fig-importance">{html.escape(note)}</p>'))
