@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from ray.tune.callback import Callback
 from ray.tune.logger import TBXLoggerCallback
@@ -78,9 +79,10 @@ class LivePage(Callback):
         self.every = LIVE_EVERY_S if every_s is None else every_s
         self.trials: dict[str, dict] = {}
         self._last = 0.0
+        self._writer: threading.Thread | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "trials": {}, "_last": 0.0}  # results are Tune's to keep, not ours
+        return {**self.__dict__, "trials": {}, "_last": 0.0, "_writer": None}  # results are Tune's to keep
 
     def _entry(self, trial) -> dict:
         from .results.tables import training_values
@@ -109,14 +111,41 @@ class LivePage(Callback):
         self._maybe_write(force=True)
 
     def _maybe_write(self, force: bool) -> None:
+        """Render and write the page in a background thread from a snapshot of the trials, so Tune's loop is not
+        held up while plotly builds it; at the end (force), wait for any write in flight, then write in line."""
         now = time.monotonic()
         if not self.trials or (not force and now - self._last < self.every):
             return
+        writer = getattr(self, "_writer", None)
+        if writer is not None and writer.is_alive():
+            if not force:
+                return  # the previous page is still being written: skip this turn
+            writer.join()
         self._last = now
+        snapshot = {t: {**e, "reports": list(e["reports"])} for t, e in self.trials.items()}
+        if force:
+            self._write(snapshot)
+        else:
+            self._writer = threading.Thread(target=self._write, args=(snapshot,), name="adder-sweep-live-page",
+                                            daemon=True)
+            _WRITERS.append(self._writer)
+            self._writer.start()
+
+    def _write(self, trials: dict) -> None:
         try:
-            write_live_page(self.name, self.storage_root, self.spec_json, self.generation, self.trials, self.every)
+            write_live_page(self.name, self.storage_root, self.spec_json, self.generation, trials, self.every)
         except Exception as exc:  # the page is a view; the study goes on without it
             print(f"adder-sweep: live report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+_WRITERS: list[threading.Thread] = []
+
+
+def wait_for_live_pages(timeout: float = 60) -> None:
+    """Let live-page writes in flight finish, so none lands after the complete page the command writes last."""
+    deadline = time.monotonic() + timeout
+    while _WRITERS:
+        _WRITERS.pop().join(max(0.0, deadline - time.monotonic()))
 
 
 def write_live_page(name: str, storage_root: str, spec_json: dict, generation: int, trials: dict,

@@ -381,6 +381,9 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
         interrupted, states = True, {}
     finally:
         stopper.in_tune = False
+        from .callbacks import wait_for_live_pages
+
+        wait_for_live_pages()
     reason = stopper.reason or ("sigint" if interrupted else None)
     return Outcome(name, storage.uri(name), states, interrupted, storage.root, errors, reason, stopper.taken_by)
 

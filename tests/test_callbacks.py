@@ -3,7 +3,7 @@ import json
 import pickle
 from types import SimpleNamespace
 
-from orchestrator.callbacks import LivePage
+from orchestrator.callbacks import LivePage, wait_for_live_pages
 from orchestrator.space import parse_space
 
 SPACE = "space:\n  cell: {grid: [rnn, gru]}\n  digits: 3\n  iters: 100\n  eval_every: 20\n"
@@ -23,6 +23,7 @@ def test_live_page_is_drawn_from_memory_only(tmp_path):
         for t in trials:
             cb.on_trial_result(0, trials, t, {"iter": it, "loss": 2.0 / it, "exact_acc": it / 100, "digit_acc": 0.5,
                                               "status": "running", "time_total_s": it / 10.0})
+    wait_for_live_pages()  # pages are rendered off Tune's event loop, in a background thread
     page = (study / "report.html").read_text()
     assert "Live view at" in page and "2 trials this run has started" in page
     assert "2/2 trials (2 running)" in page
