@@ -24,7 +24,7 @@ sysdeps:
 	@tests/sysdeps.sh
 
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=25 $(PYTEST_ARGS)
 
 sweep: $(STAMP)
 	$(BIN)/adder-sweep sweep search_spaces/quick.yaml
