@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import UserError
 from .storage import Storage

@@ -84,6 +84,15 @@ def run_study(space_path, storage, name, **kw):
     return launch(spec, text, name=name, storage_root=str(storage), address=None, file_spec=spec, **kw)
 
 
+def run_study_text(text, storage, name, **kw):
+    """run_study for a search space held in a string (recorded as coming from NAME.yaml)."""
+    from orchestrator.space import parse_space
+    from orchestrator.study import launch
+
+    spec = parse_space(text, source=f"{name}.yaml")
+    return launch(spec, text, name=name, storage_root=str(storage), address=None, file_spec=spec, **kw)
+
+
 def final_metrics_by_config(storage, name, swept):
     """{tuple of swept config values: last report without timing fields} for every trial of a study."""
     from orchestrator.storage import Storage

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 WORKER_HOSTNAME = "adder-worker-host"

@@ -9,9 +9,7 @@ import time
 import pytest
 
 from orchestrator import load_study
-from orchestrator.space import parse_space
-from orchestrator.study import launch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_study_text
 
 STUDY = """\
 # analysis doc study
@@ -30,8 +28,7 @@ space:
 @pytest.fixture(scope="module")
 def root(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    spec = parse_space(STUDY, "ana.yaml")
-    launch(spec, STUDY, name="ana", storage_root=str(root), address=None, file_spec=spec)
+    run_study_text(STUDY, root, "ana")
     from orchestrator.results.tables import write_tables
     from orchestrator.storage import Storage
 

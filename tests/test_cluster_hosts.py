@@ -2,7 +2,6 @@
 driver resumed from the other host, `ray job submit`, code shipped to a host that lacks the project, and the
 launches the probe must refuse. Needs root; skips with its reason elsewhere, fails under CI=true."""
 import json
-import signal
 import time
 
 import pytest

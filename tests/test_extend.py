@@ -15,8 +15,6 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.plan import plan
 from orchestrator.space import parse_space
-from orchestrator.storage import Storage
-from orchestrator.results.tables import load_reports, load_trials
 from tests.conftest import ROOT, write_space
 
 # budget 60 = 3 reports of 20; target 1.5 never solves, so every trial ends on its budget and can be continued

@@ -11,7 +11,6 @@ import pytest
 from benchmarks.stress_resume import SPACE, final_by_config, run_scenario
 from orchestrator.cli import main
 from orchestrator.storage import Storage
-from orchestrator.study import resume
 from orchestrator.results.tables import load_reports, load_trials
 from tests.conftest import run_cli, run_study, write_space
 from trainables import TrainConfig, train

@@ -11,9 +11,7 @@ import subprocess
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.space import parse_space
-from orchestrator.study import launch
-from tests.conftest import ROOT, require
+from tests.conftest import require, run_study_text
 
 STUDY = """\
 # browser test study: two cells, two learning rates, three seeds (12 trials: enough for importance)
@@ -45,8 +43,7 @@ def page(ray_local, tmp_path_factory):
     require(os.geteuid() == 0, "needs root (unshare -n cuts the browser's network; Chromium runs --no-sandbox)")
     require(shutil.which("chromium") is not None, "needs Debian's chromium (apt-get install chromium)")
     root = tmp_path_factory.mktemp("page")
-    spec = parse_space(STUDY, "page.yaml")
-    launch(spec, STUDY, name="page", storage_root=str(root), address=None, file_spec=spec)
+    run_study_text(STUDY, root, "page")
     assert main(["report", "page", "--storage", str(root), "--no-plots"]) == 0
     return root / "page" / "report.html"
 

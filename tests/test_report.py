@@ -11,10 +11,7 @@ import pytest
 
 from orchestrator.results import plots, report
 from orchestrator.cli import main
-from orchestrator.space import parse_space
-from orchestrator.storage import Storage
-from orchestrator.study import launch
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_study_text
 
 # A stop rule at iteration 100 ends the trials before their own end (stopped_early): exact accuracy 0.9 on 3-4
 # digit sums takes a few hundred iterations. Each trial ends solved or stopped_early.
@@ -36,8 +33,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def root(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    spec = parse_space(TINY, source="rep.yaml")
-    outcome = launch(spec, TINY, name="rep", storage_root=str(root), address=None, file_spec=spec)
+    outcome = run_study_text(TINY, root, "rep")
     assert not outcome.interrupted
     _interrupted_copy(root / "rep", root / "cut")
     return root
@@ -230,8 +226,7 @@ def replicate_root(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("replicates")
     for name, text in (("reps", REPLICATES), ("reps-lr", REPLICATES.replace("  digits: 3\n",
                                                                               "  digits: 3\n  lr: 0.003\n"))):
-        spec = parse_space(text, source=f"{name}.yaml")
-        outcome = launch(spec, text, name=name, storage_root=str(root), address=None, file_spec=spec)
+        outcome = run_study_text(text, root, name)
         assert not outcome.interrupted
     return root
 

@@ -2,7 +2,6 @@
 (``s3://bucket/dir?endpoint_override=...``) end to end -- sweep, status, report, compare, resume -- with the query
 kept out of every path. The S3 server is moto, started on loopback by the test."""
 import os
-import shutil
 import socket
 import subprocess
 import sys

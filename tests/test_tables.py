@@ -10,12 +10,10 @@ import pytest
 
 from orchestrator import records
 from orchestrator.results import tables
-from orchestrator.space import parse_space
 from orchestrator.storage import Storage
-from orchestrator.study import launch
 from trainables.config import field_specs
 
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import ROOT, run_study_text  # noqa: E402
 # target 0.4 within 200 iterations: some of these trials solve (0.6 did on torch 2.13 and 2.14; 0.4 leaves a margin)
 TINY = """\
 name: tables
@@ -31,8 +29,7 @@ checkpoint_every: 2
 
 
 def make_study(text: str, root: Path, name: str) -> Storage:
-    spec = parse_space(text, source=f"{name}.yaml")
-    outcome = launch(spec, text, name=name, storage_root=str(root), address=None, file_spec=spec)
+    outcome = run_study_text(text, root, name)
     assert not outcome.interrupted
     return Storage.open(outcome.storage)
 

@@ -312,12 +312,12 @@ text-align:left;vertical-align:top} th{background:#f5f7fa} code{font-size:.9em}
 
 
 def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None,
-           pivot: Optional[Pivot] = None) -> str:
-    """The whole page as HTML text. ``pivot``: the one `adder-sweep report` printed (its --by/--value/--agg);
-    default, the study's default pivot."""
+           pivot: Optional[Pivot] = None, summary: Optional[dict] = None) -> str:
+    """The whole page as HTML text. ``pivot`` and ``summary``: the ones `adder-sweep report` printed (its
+    --by/--value/--agg), so they are not computed twice; default, the study's default pivot and summary."""
     from plotly.offline import get_plotlyjs
 
-    s = summarize(study)
+    s = summary if summary is not None else summarize(study)
     pivot_fig, p = pivot_figure(study, pivot)
     value = p.value if p.value in study.trials else s["metric"]  # the figures show what the pivot shows
     parts = []
@@ -334,11 +334,11 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
         best_line = "best configuration: " + ", ".join(
             f"{k}={fmt(c[k])}" for k in s["configs"].columns if k not in (s["metric"], "N", "solved")) + \
             f" ({s['metric']} {c[s['metric']]}, N={c['N']})"
-    summary = (f"{s['trials']}/{s['planned']} trials ({states}); outcomes: {outcomes}; compute "
-               f"{s['core_s']:.0f} core-seconds" + (f", {s['gpu_s']:.0f} GPU-seconds" if s["gpu_s"] else "")
-               + f"; ranked by {s['metric']}" + (f" — {s['ranking_note']}" if s.get("ranking_note") else "")
-               + (f"; {best_line}" if best_line else ""))
-    parts.append(f'<div id="fig-summary" class="summary">{html.escape(summary)}</div>')
+    line = (f"{s['trials']}/{s['planned']} trials ({states}); outcomes: {outcomes}; compute "
+            f"{s['core_s']:.0f} core-seconds" + (f", {s['gpu_s']:.0f} GPU-seconds" if s["gpu_s"] else "")
+            + f"; ranked by {s['metric']}" + (f" — {s['ranking_note']}" if s.get("ranking_note") else "")
+            + (f"; {best_line}" if best_line else ""))
+    parts.append(f'<div id="fig-summary" class="summary">{html.escape(line)}</div>')
     if live_note:
         parts.append(f'<p class="live">{html.escape(live_note)}</p>')
     if len(study.trials) and _keys(study):
@@ -375,8 +375,8 @@ def render(study: Study, *, live_note: Optional[str] = None, color_by: Optional[
 
 
 def write(study: Study, *, live_note: Optional[str] = None, color_by: Optional[str] = None,
-          pivot: Optional[Pivot] = None) -> str:
+          pivot: Optional[Pivot] = None, summary: Optional[dict] = None) -> str:
     """Write report.html into the study directory (atomically on local disks); returns its location."""
-    text = render(study, live_note=live_note, color_by=color_by, pivot=pivot)
+    text = render(study, live_note=live_note, color_by=color_by, pivot=pivot, summary=summary)
     study.storage.write_bytes(study.storage.join(study.name, PAGE), text.encode())
     return study.storage.uri(study.name, PAGE)

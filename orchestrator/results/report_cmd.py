@@ -75,7 +75,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     study.storage.write_text(study.storage.join(study.name, "report.md"), render_report(summary, pivot, "md", plots))
     from .page import PAGE, write
 
-    write(study, color_by=args.color_by, pivot=pivot)
+    write(study, color_by=args.color_by, pivot=pivot, summary=summary)
     sys.stdout.write(render_report(summary, pivot, args.format))
     if args.format == "text":
         written = ", ".join(["trials.parquet", "metrics.parquet", "report.md", PAGE, *plots])
