@@ -378,6 +378,10 @@ def _cause(exc: BaseException, conn: Connection) -> str:
                 "there -- install them on the node, or add them with --runtime-env '{\"pip\": [...]}'")
     if "RuntimeEnvSetupError" in type(exc).__name__ or "runtime_env" in text.lower():
         return f"its runtime_env could not be set up ({last[:300]})"
+    if "not schedulable" in text:
+        return ("the cluster lists it as alive but it takes no tasks -- most likely it was just lost (Ray declares a "
+                "lost node dead once its health checks fail, within about a minute); see `ray status`, and retry "
+                "when the node is back or gone")
     if "ActorDied" in text or "died unexpectedly" in text or "WorkerCrashed" in text or "cancelled" in text:
         return f"its worker died before running the check ({last[:200]}); see the node's Ray logs"
     return last[:400] or type(exc).__name__

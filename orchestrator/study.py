@@ -178,6 +178,9 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
 
     # Tune warns for every planned value that differs from the param space's placeholder: by design here
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    # After an interrupt Tune's result grid warns "Failed to fetch metrics ... FileNotFoundError" for every trial
+    # that never started: they are pending, as the summary printed after it says, not lost
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
     from trainables.config import TrainConfig
 

@@ -35,13 +35,23 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"{spec.doc} (default: {default})")
 
 
+# `train` runs on one torch thread unless --threads is given. With torch's default (every core) a run of this
+# small model slowed from 0.7 s to 27 s (100 iterations, 5 digits) while other work ran on this 2-core machine:
+# OpenMP threads wait for descheduled siblings. On an idle machine a second thread gains little
+# (docs/PERFORMANCE.md: 1.15-1.95x more samples/s from two 1-thread runs than from one 2-thread run).
+TRAIN_THREADS = 1
+
+
 def config_overrides(args: argparse.Namespace) -> dict:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one adder model (the assignment's source.py flags work)",
-                       description="Train one AdderNet. Example: adder-sweep train --layers=3 --type=gru --len=100 --iters=3000")
+                       description="Train one AdderNet. Example: adder-sweep train --layers=3 --type=gru --len=100 "
+                       "--iters=3000. Runs on 1 torch thread unless --threads says otherwise (0: torch's default, "
+                       "every core): this model gains little from a second thread, and torch's threads slow down "
+                       "many times over when anything else runs on the machine (docs/PERFORMANCE.md).")
     add_config_flags(p)
     p.add_argument("--out", type=Path, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its directory "
@@ -174,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                  "from_iter": resume_state["iter"]})
         rows = [r for r in read_metrics(run_dir / "metrics.parquet") if r["iter"] <= resume_state["iter"]]
     else:
-        cfg = TrainConfig.from_flat(overrides, source="flags")
+        cfg = TrainConfig.from_flat({"threads": TRAIN_THREADS, **overrides}, source="flags")
         run_dir = args.out or _default_run_dir(cfg)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise UserError(f"--out {run_dir}: already exists and is not empty; pick a new directory "

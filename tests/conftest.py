@@ -32,6 +32,16 @@ _own_ray_token()
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Training in the test process (``trainables.train`` with threads 0, torch's default of every core) runs on
+    one thread, as a trial and ``adder-sweep train`` do: with Ray's processes beside it, torch's OpenMP threads
+    wait for descheduled siblings and a run slows down tens of times over."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def require(ok: bool, reason: str) -> None:
     """A test that needs something of the machine (root, a system package, a service binary) skips without it,
     with ``reason`` in pytest's summary -- except in CI (``CI=true``), where .ci/run installs everything and a

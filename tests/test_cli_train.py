@@ -15,6 +15,7 @@ def test_train_writes_a_reproducible_run_directory_and_add_uses_it(tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["cell"] == "rnn" and record["config"]["digits"] == 5 and record["seed"] == 1
     assert "--len=5" in record["command"] and record["versions"]["torch"]
+    assert record["config"]["threads"] == 1  # one torch thread unless --threads says otherwise
     metrics = pq.read_table(out / "metrics.parquet").to_pylist()
     assert [m["iter"] for m in metrics] == list(range(50, metrics[-1]["iter"] + 1, 50))
     assert {"loss", "exact_acc", "digit_acc", "lr", "samples_per_s"} <= metrics[0].keys()

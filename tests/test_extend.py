@@ -102,6 +102,17 @@ def test_extending_iters_continues_trials_and_equals_a_longer_study(ray_local, t
     assert all(len(x.split(",")) == 2 for x in t["tune_trials"])  # one logical trial of two Tune trials
 
 
+@pytest.fixture(scope="module")
+def refusable(ray_local, tmp_path_factory):
+    """A finished one-trial study with a stop rule, for the refusals below."""
+    d = tmp_path_factory.mktemp("refusable")
+    space = write_space(d / "grow.yaml", GRID + "stop: {iter: 1000}\n")
+    res = d / "res"
+    res.mkdir()
+    assert main(["sweep", str(space), "--storage", str(res), "--name", "r"]) == 0
+    return res
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "hidden=32"], "space.hidden: changed from 64 to 32, which changes training"),
     (["--set", "cell={grid: [gru]}"], "space.cell: grid('rnn') -> grid('gru'): removes ['rnn']"),
@@ -111,11 +122,8 @@ def test_extending_iters_continues_trials_and_equals_a_longer_study(ray_local, t
     (["--file", "REMOVED"], "space.eval_size: removed (the study's trials ran with 100, the default is 2000)"),
     (["--set", "iters=5000"], "space.iters: 5000 is past the study's stop rule iter >= 1000"),
 ])
-def test_refused_extensions_name_each_key_and_write_nothing(ray_local, tmp_path, capsys, argv, message):
-    space = write_space(tmp_path / "grow.yaml", GRID + "stop: {iter: 1000}\n")
-    res = tmp_path / "res"
-    res.mkdir()
-    assert main(["sweep", str(space), "--storage", str(res), "--name", "r"]) == 0
+def test_refused_extensions_name_each_key_and_write_nothing(refusable, tmp_path, capsys, argv, message):
+    res = refusable  # one finished study for every case: each refusal must leave it exactly as it was
     write_space(tmp_path / "METRIC", GRID + "stop: {iter: 1000}\nmetric: loss\n")
     write_space(tmp_path / "REMOVED", GRID.replace("  eval_size: 100\n", "") + "stop: {iter: 1000}\n")
     argv = [str(tmp_path / a) if a in ("METRIC", "REMOVED") else a for a in argv]
@@ -134,7 +142,7 @@ def test_extend_refuses_pbt_and_missing_studies(tmp_path, capsys):
 
 
 def test_interrupted_extension_is_finished_by_resume(ray_local, tmp_path):
-    text = GRID.replace("iters: 60", "iters: 400").replace("cell: {grid: [rnn]}", "cell: {grid: [rnn, gru]}")
+    text = GRID.replace("iters: 60", "iters: 200").replace("cell: {grid: [rnn]}", "cell: {grid: [rnn, gru]}")
     space = write_space(tmp_path / "grow.yaml", text)
     res = tmp_path / "res"
     res.mkdir()
@@ -149,13 +157,16 @@ def test_interrupted_extension_is_finished_by_resume(ray_local, tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    finished = sum(json.loads(f.read_text().splitlines()[-1])["iter"] == 200
+                   for f in (res / "k").glob("gen-1/trial_*/result.json") if f.read_text().strip())
+    assert finished < 4, "the extension finished before it was killed: nothing left for resume to do"
     p = subprocess.run([sys.executable, "-m", "orchestrator", "resume", "k", "--storage", str(res)], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "6/6 trials: 6 terminated" in p.stdout
     t = _table(res / "k")
     assert sorted(zip(t["cell"], t["seed"])) == sorted((c, s) for c in ("rnn", "gru") for s in range(3))
-    assert (t["iters_run"] == 400).all()
+    assert (t["iters_run"] == 200).all()
 
 
 def test_replicates_share_sampled_values_and_growth_keeps_them():

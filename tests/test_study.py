@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -37,7 +36,7 @@ space:
   cell: {grid: [rnn, gru]}
   seed: {grid: [0, 1]}
   digits: 6
-  iters: 500
+  iters: 300
   eval_every: 25
   eval_size: 200
   target: 1.5
@@ -113,20 +112,31 @@ def _wait_for(predicate, timeout, proc=None):
     return False
 
 
-def test_sigint_then_resume_equals_uninterrupted(ray_local, tmp_path):
+def _report_lines(study) -> int:
+    return sum(len(f.read_text().splitlines()) for f in study.glob("trial_*/result.json"))
+
+
+def test_sigint_then_sigterm_then_resume_equals_uninterrupted(ray_local, tmp_path):
+    """Ctrl-C stops a sweep (exit 130), SIGTERM -- what `ray job stop` and Kubernetes send -- stops its resume
+    (exit 143); each prints the resume command, and the study finished by a second resume has the numbers of an
+    uninterrupted one, without rerunning a trial that had finished."""
     space = write_space(tmp_path / "resumable.yaml", RESUMABLE)
     storage = tmp_path / "res"
     storage.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "cut",
-                             "--storage", str(storage)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     study = storage / "cut"
+
+    def start(*argv):
+        return subprocess.Popen([sys.executable, "-m", "orchestrator", *argv, "--storage", str(storage)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    proc = start("sweep", str(space), "--name", "cut")
     assert _wait_for(lambda: any(study.glob("trial_*/checkpoint_*")), 120, proc), proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert f"adder-sweep resume cut --storage {storage}" in err
+    assert "Failed to fetch metrics" not in err  # Tune's alarm over trials that were pending, not lost
     st = Storage.open(storage)
     before = {t["trial_id"]: (t["state"], len(load_reports(st, "cut", t["dir"]))) for t in load_trials(st, "cut")}
     assert any(state != "terminated" for state, _ in before.values()), before
@@ -134,7 +144,17 @@ def test_sigint_then_resume_equals_uninterrupted(ray_local, tmp_path):
     p = run_cli("status", "--storage", storage, check=0)
     assert "cut" in p.stdout and "yes" in p.stdout
 
-    run_cli("resume", "cut", "--storage", storage, cwd=tmp_path, check=0, timeout=300)
+    reported = _report_lines(study)
+    proc = start("resume", "cut")
+    assert _wait_for(lambda: _report_lines(study) > reported, 120, proc), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:] + err[-3000:]
+    assert "Study cut was stopped by SIGTERM. Resume it with:" in err
+    assert f"adder-sweep resume cut --storage {storage}" in err
+
+    p = run_cli("resume", "cut", "--storage", storage, cwd=tmp_path, check=0, timeout=300)
+    assert "4/4 trials: 4 terminated" in p.stdout
     trials = load_trials(st, "cut")
     assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4
     assert all(t["state"] == "terminated" for t in trials)
@@ -177,35 +197,6 @@ def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
     assert trial_threads({"threads": 0}, 2.0) == 2 and trial_threads({"threads": 0}, 0.5) == 1
     with pytest.raises(UserError, match="asks for 0.25 GPU but the Ray cluster has 0"):
         check_fits(spec)
-
-
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
-    """A real two-node Ray cluster (ray.cluster_utils.Cluster) and `sweep --address`, on a machine that has a
-    Ray token file and no RAY_AUTH_MODE set -- as after any local sweep (where every trial used to die)."""
-    space = write_space(tmp_path / "tiny.yaml", TINY.replace("iters: 100", "iters: 200"))
-    (tmp_path / "res").mkdir()
-    script = textwrap.dedent(f"""
-        import subprocess, sys, json
-        from ray.cluster_utils import Cluster
-        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        try:
-            p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", {str(space)!r}, "--name", "two",
-                                "--storage", {str(tmp_path / 'res')!r}, "--address", cluster.address],
-                               capture_output=True, text=True, timeout=300)
-            print(json.dumps({{"rc": p.returncode, "err": p.stderr[-3000:]}}))
-        finally:
-            cluster.shutdown()
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400,
-                       cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
-    result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["rc"] == 0, result["err"]
-    st = Storage.open(tmp_path / "res")
-    nodes = {r["node"] for t in load_trials(st, "two") for r in load_reports(st, "two", t["dir"])}
-    assert len(nodes) == 2, nodes
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
