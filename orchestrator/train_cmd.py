@@ -37,8 +37,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 # `train` runs on one torch thread unless --threads is given. With torch's default (every core) a run of this
 # small model slowed from 0.7 s to 27 s (100 iterations, 5 digits) while other work ran on this 2-core machine:
-# OpenMP threads wait for descheduled siblings. On an idle machine a second thread gains little
-# (docs/PERFORMANCE.md: 1.15-1.95x more samples/s from two 1-thread runs than from one 2-thread run).
+# OpenMP threads wait for descheduled siblings. On an idle machine a second thread speeds one run up by 1.0x (rnn,
+# 11 digits) to 1.7x (lstm, 100 digits) (docs/PERFORMANCE.md, "Threads"): worth asking for, not worth the risk.
 TRAIN_THREADS = 1
 
 
@@ -50,8 +50,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one adder model (the assignment's source.py flags work)",
                        description="Train one AdderNet. Example: adder-sweep train --layers=3 --type=gru --len=100 "
                        "--iters=3000. Runs on 1 torch thread unless --threads says otherwise (0: torch's default, "
-                       "every core): this model gains little from a second thread, and torch's threads slow down "
-                       "many times over when anything else runs on the machine (docs/PERFORMANCE.md).")
+                       "every core): on an idle machine more threads speed a long LSTM/GRU run up (up to 1.7x on "
+                       "2 cores), but torch's threads slow down many times over when anything else runs on the "
+                       "machine (docs/PERFORMANCE.md).")
     add_config_flags(p)
     p.add_argument("--out", type=Path, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its directory "
