@@ -31,6 +31,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             flags.append(f"--{spec.name}")
         flags += FLAG_ALIASES.get(spec.name, [])
         default = ",".join(map(str, spec.default)) if isinstance(spec.default, list) else spec.default
+        if spec.name == "threads":
+            default = TRAIN_THREADS  # see TRAIN_THREADS
         group.add_argument(*flags, dest=f"cfg_{spec.name}", metavar=spec.name.upper(), default=None,
                            help=f"{spec.doc} (default: {default})")
 
