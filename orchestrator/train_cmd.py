@@ -31,8 +31,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             flags.append(f"--{spec.name}")
         flags += FLAG_ALIASES.get(spec.name, [])
         default = ",".join(map(str, spec.default)) if isinstance(spec.default, list) else spec.default
-        if spec.name == "threads":
-            default = TRAIN_THREADS  # see TRAIN_THREADS
+        default = TRAIN_DEFAULTS.get(spec.name, default)
         group.add_argument(*flags, dest=f"cfg_{spec.name}", metavar=spec.name.upper(), default=None,
                            help=f"{spec.doc} (default: {default})")
 
@@ -41,7 +40,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 # small model slowed from 0.7 s to 27 s (100 iterations, 5 digits) while other work ran on this 2-core machine:
 # OpenMP threads wait for descheduled siblings. On an idle machine a second thread speeds one run up by 1.0x (rnn,
 # 11 digits) to 1.7x (lstm, 100 digits) (docs/PERFORMANCE.md, "Threads"): worth asking for, not worth the risk.
-TRAIN_THREADS = 1
+TRAIN_DEFAULTS = {"threads": 1}  # where `train` departs from TrainConfig's defaults
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -187,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                  "from_iter": resume_state["iter"]})
         rows = [r for r in read_metrics(run_dir / "metrics.parquet") if r["iter"] <= resume_state["iter"]]
     else:
-        cfg = TrainConfig.from_flat({"threads": TRAIN_THREADS, **overrides}, source="flags")
+        cfg = TrainConfig.from_flat({**TRAIN_DEFAULTS, **overrides}, source="flags")
         run_dir = args.out or _default_run_dir(cfg)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise UserError(f"--out {run_dir}: already exists and is not empty; pick a new directory "
