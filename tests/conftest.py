@@ -13,12 +13,15 @@ def _own_ray_token() -> None:
     ~/.ray/auth_token. The tests must not touch the user's ~/.ray: this test process (and the subprocesses it
     starts, which inherit the environment) gets a token file of its own, and token mode as a local ray.init() would
     choose. Tests of auth itself set RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH per subprocess."""
+    import atexit
     import secrets
+    import shutil
     import tempfile
 
     if os.environ.get("ADDER_SWEEP_TEST_TOKEN_DIR"):
         return  # a subprocess of the test session: inherited already
     token_dir = tempfile.mkdtemp(prefix="adder-sweep-test-ray-token-")
+    atexit.register(shutil.rmtree, token_dir, ignore_errors=True)  # the session that made it removes it
     token_path = Path(token_dir) / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     os.environ["ADDER_SWEEP_TEST_TOKEN_DIR"] = token_dir
