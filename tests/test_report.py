@@ -167,6 +167,25 @@ def test_learning_curves_one_line_per_trial(study):
     assert plots.png_bytes(fig).startswith(PNG_MAGIC)
 
 
+def test_loss_band_on_a_log_axis_is_geometric_and_stays_positive():
+    """Three seeds whose losses spread over decades: the arithmetic 95% interval reaches below zero (a log axis
+    would draw it as a stripe to its bottom); the band for the log-scale loss panel is taken over log(loss)."""
+    import numpy as np
+
+    losses = {"a": [0.5, 0.09], "b": [0.4, 0.014], "c": [0.6, 0.012]}
+    m = pd.DataFrame([{"trial_id": t, "iter": it, "loss": v} for t, vs in losses.items()
+                      for it, v in zip((50, 100), vs)])
+    mean, lo, hi = plots.replicate_band(m, "loss")
+    assert lo.loc[100] < 0 < mean.loc[100]  # the case that broke the plot
+    gmean, glo, ghi = plots.replicate_band(m, "loss", log=True)
+    assert gmean.loc[100] == pytest.approx(np.exp(np.mean(np.log([0.09, 0.014, 0.012]))))
+    assert (glo > 0).all() and (glo < gmean).all() and (gmean < ghi).all()
+    assert glo.loc[100] * ghi.loc[100] == pytest.approx(gmean.loc[100] ** 2)  # symmetric in log space
+    acc = m.assign(exact_acc=[1.0, 0.0, 1.0, 0.0, 0.5, 0.6]).drop(columns="loss")
+    amean, alo, ahi = plots.replicate_band(acc, "exact_acc")
+    assert amean.loc[100] == pytest.approx(0.2) and alo.loc[100] == 0.0 and ahi.loc[100] == 1.0  # cut at 0 and 1
+
+
 def test_metric_vs_digits_one_line_per_cell(study):
     fig = plots.vs_digits_figure(study)
     for ax in fig.axes:

@@ -106,7 +106,7 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from .plots import replicate_band
+    from .plots import log_loss_axis, replicate_band
 
     t, m = study.trials, study.metrics
     keys = _keys(study)
@@ -116,6 +116,7 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
     traces_keys = []  # the row of each trace, for recolouring by another key
     ranked, _, _ = rank_trials(study)
     shown = ranked["trial_id"].tolist()[:MAX_CURVES] if len(t) > MAX_CURVES else t["trial_id"].tolist()
+    log_loss = log_loss_axis(m)
     if study.has_replicates:
         groups = t[t["trial_id"].isin(shown)].groupby("config_id")
         for cid, g in groups:
@@ -123,7 +124,8 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
             label = _config_text(row, keys).rsplit(" seed=", 1)[0]
             sub = m[m["trial_id"].isin(g["trial_id"])]
             for col, metric in ((1, "loss"), (2, "exact_acc")):
-                mean, lo, hi = replicate_band(sub, metric)
+                geometric = log_loss and metric == "loss"
+                mean, lo, hi = replicate_band(sub, metric, log=geometric)
                 x = list(mean.index)
                 fig.add_trace(go.Scatter(x=x + x[::-1], y=list(hi.values) + list(lo.values[::-1]), fill="toself",
                                          line=dict(width=0), opacity=0.18, hoverinfo="skip", showlegend=False),
@@ -131,7 +133,8 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
                 traces_keys.append(row)
                 fig.add_trace(go.Scatter(x=x, y=list(mean.values), mode="lines", line=dict(width=2),
                                          name=label, showlegend=False,
-                                         hovertemplate=f"{html.escape(label)}<br>mean of {len(g)} seeds<br>"
+                                         hovertemplate=f"{html.escape(label)}<br>{'geometric ' if geometric else ''}"
+                                                       f"mean of {len(g)} seeds<br>"
                                                        f"iter %{{x}}: {metric} %{{y:.4g}}<extra></extra>"),
                               row=1, col=col)
                 traces_keys.append(row)
@@ -170,11 +173,13 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
                                                                            x=1, y=1.16, xref="paper",
                                                                            yref="paper", showarrow=False,
                                                                            xanchor="right")])
-    if m["loss"].dropna().gt(0).all() and len(m):
+    if log_loss:
         fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="iteration")
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
-    what = "mean ± 95% CI over seeds per configuration" if study.has_replicates else "one line per trial"
+    what = "one line per trial"
+    if study.has_replicates:
+        what = "mean ± 95% CI over seeds per configuration" + (" (loss: geometric)" if log_loss else "")
     more = f" (the {MAX_CURVES} best of {len(t)} trials)" if len(t) > MAX_CURVES else ""
     fig.update_layout(title=f"Learning curves: {what}{more}; hover names the trial", height=480,
                       margin=dict(t=110))

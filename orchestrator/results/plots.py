@@ -52,12 +52,14 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
     group_of = dict(zip(t["trial_id"], groups))
     order = sorted(pd.unique(groups), key=_sort_key)
     colors = _palette(order)
+    log_loss = log_loss_axis(m)
     if study.has_replicates:  # one mean line per configuration, its 95% interval over seeds as a band
         config_of = dict(zip(t["trial_id"], t["config_id"]))
         for cid, trial_ids in t.groupby("config_id")["trial_id"]:
             c = colors[group_of.get(trial_ids.iloc[0], order[0])]
             for ax, metric in ((ax_loss, "loss"), (ax_acc, "exact_acc")):
-                mean, lo, hi = replicate_band(m[m["trial_id"].map(config_of) == cid], metric)
+                mean, lo, hi = replicate_band(m[m["trial_id"].map(config_of) == cid], metric,
+                                              log=log_loss and metric == "loss")
                 ax.plot(mean.index, mean.values, color=c, alpha=0.9, lw=1.6)
                 ax.fill_between(mean.index, lo.values, hi.values, color=c, alpha=0.15, lw=0)
     else:
@@ -66,9 +68,12 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
             c = colors[group_of.get(trial_id, order[0])]
             ax_loss.plot(g["iter"], g["loss"], color=c, alpha=0.8, lw=1.4)
             ax_acc.plot(g["iter"], g["exact_acc"], color=c, alpha=0.8, lw=1.4)
-    if m["loss"].dropna().gt(0).all() and len(m):
+    if log_loss:
         ax_loss.set_yscale("log")
-    ax_loss.set(title="Training loss", xlabel="iteration", ylabel="cross-entropy loss (mean since last report)")
+    ylabel = "cross-entropy loss (mean since last report)"
+    if study.has_replicates and log_loss:
+        ylabel = "cross-entropy loss (geometric mean over seeds)"
+    ax_loss.set(title="Training loss", xlabel="iteration", ylabel=ylabel)
     ax_acc.set(title="Exact accuracy on the evaluation set", xlabel="iteration", ylabel="exact_acc", ylim=(-0.02, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -81,17 +86,34 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
     return fig
 
 
-def replicate_band(m: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Mean and 95% interval over the trials in ``m`` of ``metric`` at each iteration. A trial that stopped
-    (solved) keeps its last value at later iterations, so the mean is over every seed at every point."""
+def replicate_band(m: pd.DataFrame, metric: str, log: bool = False) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Mean and 95% t interval over the trials in ``m`` of ``metric`` at each iteration. A trial that stopped
+    (solved) keeps its last value at later iterations, so the mean is over every seed at every point.
+
+    ``log``: for a panel on a log axis (the loss): mean and interval of log(metric), returned as exp -- the
+    geometric mean, with a band that stays positive. An arithmetic interval of a quantity spread over decades
+    (seeds at 0.09 and 0.01) reaches below zero, which a log axis draws as a stripe down to its bottom.
+    An accuracy's band is cut at 0 and 1."""
     from .stats import t975
 
     wide = m.pivot_table(index="iter", columns="trial_id", values=metric).sort_index().ffill()
+    if log:
+        wide = np.log(wide)
     mean = wide.mean(axis=1)
     n = wide.notna().sum(axis=1)
     half = (wide.std(axis=1, ddof=1) / np.sqrt(n.clip(lower=1))) * n.map(lambda k: t975(int(k) - 1) if k > 1 else 0)
     half = half.fillna(0)
-    return mean, mean - half, mean + half
+    if log:
+        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
+    lo, hi = mean - half, mean + half
+    if "acc" in metric:  # an accuracy's interval ends at 0 and 1
+        lo, hi = lo.clip(lower=0.0), hi.clip(upper=1.0)
+    return mean, lo, hi
+
+
+def log_loss_axis(m: pd.DataFrame) -> bool:
+    """The loss panels use a log axis when every reported loss is positive (it spans decades)."""
+    return bool(len(m)) and bool(m["loss"].dropna().gt(0).all())
 
 
 def _sort_key(v):
