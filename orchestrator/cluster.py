@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from trainables.errors import first_line
+
 from .errors import UserError
 from .storage import Storage
 
@@ -126,7 +128,7 @@ def _gcs_address(address: str) -> Optional[str]:
 
             return canonicalize_bootstrap_address_or_die("auto")
         except Exception as exc:  # ConnectionError: no local cluster
-            raise UserError(f"--address auto: no Ray cluster started on this machine ({_first_line(exc)}); start "
+            raise UserError(f"--address auto: no Ray cluster started on this machine ({first_line(exc)}); start "
                             "one with `ray start --head`, or give its address") from None
     return address.split("://", 1)[-1]
 
@@ -191,7 +193,7 @@ def connect(address: Optional[str], runtime_env: Optional[dict] = None) -> Conne
         try:
             _init(None, runtime_env)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"local Ray: cannot start ({_first_line(exc)})") from None
+            raise UserError(f"local Ray: cannot start ({first_line(exc)})") from None
         return Connection(None, True, os.environ.get("RAY_AUTH_MODE") or "disabled", runtime_env)
     _check_reachable(address)
     mode = choose_auth(address)
@@ -200,7 +202,7 @@ def connect(address: Optional[str], runtime_env: Optional[dict] = None) -> Conne
         _init(address, runtime_env)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError (runtime_env), AuthenticationError
         _shutdown_quietly()
-        raise UserError(f"--address {address}: cannot connect ({_first_line(exc)}); is the cluster up "
+        raise UserError(f"--address {address}: cannot connect ({first_line(exc)}); is the cluster up "
                         "(`ray status`), with the same Ray and Python versions as here?") from None
     return Connection(address, False, mode, runtime_env)
 
@@ -222,11 +224,6 @@ def disconnect(conn: Connection) -> None:
             ray.shutdown()
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
-
-
 # -- runtime_env -----------------------------------------------------------------------------------------------
 def load_runtime_env(value: Optional[str]) -> Optional[dict]:
     """``--runtime-env``: a JSON object, or a path to a JSON or YAML file holding one."""
@@ -243,7 +240,7 @@ def load_runtime_env(value: Optional[str]) -> Optional[dict]:
 
         env = yaml.safe_load(text)  # JSON is YAML
     except Exception as exc:
-        raise UserError(f"{where}: not valid JSON/YAML ({_first_line(exc)})") from None
+        raise UserError(f"{where}: not valid JSON/YAML ({first_line(exc)})") from None
     if not isinstance(env, dict):
         raise UserError(f"{where}: a runtime_env is a mapping such as {{\"pip\": [\"scipy\"]}}, got "
                         f"{type(env).__name__}")
@@ -319,7 +316,7 @@ def probe(conn: Connection, storage: Storage, *, fused: bool = False, timeout: f
     try:
         storage.write_text(marker, token)
     except Exception as exc:
-        raise UserError(f"--storage {storage.root}: cannot write there ({_first_line(exc)})") from None
+        raise UserError(f"--storage {storage.root}: cannot write there ({first_line(exc)})") from None
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         check = ray.remote(num_cpus=0, max_retries=0)(node_check)

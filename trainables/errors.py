@@ -3,3 +3,14 @@
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, not an adder-sweep checkpoint, or refused (it would run code)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The informative start of an exception's text for a one-line message: its first line, or the first two
+    when the first only announces a list (torch's "Error(s) in loading state_dict for AdderNet:"); the exception's
+    type name when it has no text."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text[:limit]

@@ -22,7 +22,7 @@ from torch import nn
 from . import fused
 from .config import TrainConfig
 from .data import eval_set, train_batch
-from .errors import CheckpointError  # noqa: F401  (re-exported)
+from .errors import CheckpointError, first_line  # noqa: F401  (CheckpointError re-exported)
 from .model import AdderNet
 
 CHECKPOINT_FORMAT = "adder-sweep-checkpoint/1"
@@ -159,7 +159,7 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint of iteration {resume_from.get('iter')} does not fit this run "
                                   f"(cell {ckpt_cfg.get('cell')}, layers {ckpt_cfg.get('layers')} in the checkpoint "
-                                  f"vs {m.cell}, {m.layers} here): {_first_line(exc)}") from None
+                                  f"vs {m.cell}, {m.layers} here): {first_line(exc)}") from None
         if ckpt_cfg.get("lr") != o.lr:
             # A new lr in the config (PBT's exploit, or a user's explicit change) replaces the checkpoint's.
             for group in optimizer.param_groups:
@@ -325,21 +325,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             raise CheckpointError(f"{path}: refused to load: the file asks to import or call {culprit}, which a "
                                   "checkpoint never contains (loading it could run code); it is not an adder-sweep "
                                   "checkpoint -- do not use files from sources you do not trust") from None
-        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {_first_line(exc)}); "
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {first_line(exc)}); "
                               "it may be truncated -- resume from an earlier checkpoint or retrain") from None
     except Exception as exc:  # truncated zip, not a torch file at all, ...
-        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {_first_line(exc)}); "
+        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {first_line(exc)}); "
                               "it may be truncated -- resume from an earlier checkpoint or retrain") from None
     check_checkpoint(state, path)
     return state
-
-
-def _first_line(exc: Exception) -> str:
-    """The informative start of an exception's text: its first line, or the first two when the first only
-    announces a list (torch's "Error(s) in loading state_dict for AdderNet:")."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
-    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
-    return text[:240]
 
 
 def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
@@ -376,7 +368,7 @@ def model_from_checkpoint(state: dict, path: str | os.PathLike) -> AdderNet:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint: the weights do not fit its config "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
     return model
 
 
