@@ -180,15 +180,19 @@ def _describe_config(config: dict, keys: list[str]) -> str:
     return " ".join(f"{k}={config.get(k)}" for k in keys if k in config)
 
 
-def _write_page(storage, name: str) -> None:
-    """report.html from the tables just written; a page that cannot be drawn is a warning, never a failed run."""
+def _write_page(storage, name: str):
+    """report.html from the tables just written, and the study it was drawn from; a page that cannot be drawn is
+    a warning (and None), never a failed run."""
     try:
         from .results.page import write
         from .results.report import load_study
 
-        write(load_study(storage.uri(name), storage.root))
+        study = load_study(storage.uri(name), storage.root)
+        write(study)
+        return study
     except Exception as exc:
         print(f"adder-sweep: report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def finish(outcome, args) -> int:
@@ -200,13 +204,18 @@ def finish(outcome, args) -> int:
     from .results.tables import write_tables
 
     storage = Storage.open(outcome.storage)
-    if write_tables(storage, outcome.name) is not None:
-        _write_page(storage, outcome.name)
+    study = _write_page(storage, outcome.name) if write_tables(storage, outcome.name) is not None else None
     print()
     try:
         print_study_summary(storage, outcome.name)
     except UserError as exc:
         print(f"adder-sweep: {exc}", file=sys.stderr)
+    if study is not None:
+        from .results.report import best_configuration_line
+
+        line = best_configuration_line(study)
+        if line:
+            print(line)
     where = storage.flag()
     addr = f" --address {args.address}" if getattr(args, "address", None) else ""
     if outcome.stop_reason == "taken_over":

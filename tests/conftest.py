@@ -82,6 +82,17 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def stress_reference(ray_local, tmp_path_factory):
+    """Final metrics of an uninterrupted run of benchmarks/stress_resume.py's study (four trials that checkpoint
+    often): what every interrupted and resumed run of it must equal (test_faults.py, test_study.py)."""
+    from benchmarks.stress_resume import SPACE, final_by_config
+
+    d = tmp_path_factory.mktemp("stress_reference")
+    run_study(write_space(d / "stress.yaml", SPACE), d / "res", "reference")
+    return final_by_config(d / "res" / "reference")
+
+
 def write_space(path, text):
     path = Path(path)
     path.write_text(text)

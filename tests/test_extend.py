@@ -55,9 +55,17 @@ def test_extend_adds_grid_values_and_seeds_without_rerunning(ray_local, tmp_path
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "extend g: 1 trial(s) reused as they are, 0 continued to iters=60, 3 new" in out
+    assert "Best configuration over seeds" not in out  # one seed so far: only the best trial is named
     assert sorted(p.relative_to(res).as_posix() for p in res.rglob("*")) == listing
 
     assert main(["extend", "g", "--storage", str(res), "--set", "cell={grid: [rnn, gru]}", "--repeats", "2"]) == 0
+    from orchestrator.results.report import load_study, rank_configurations
+
+    best = rank_configurations(load_study("g", str(res))).iloc[0]  # the end of the run names it, over its seeds
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Best configuration over seeds")]
+    assert len(lines) == 1 and lines[0].startswith(f"Best configuration over seeds (mean ± 95% CI, N = 2): "
+                                                   f"cell={best['cell']}, "), lines
+    assert f" {best['estimate'].text()}" in lines[0], lines
     after = _reports_per_trial(res / "g")
     assert {k: after[k] for k in before} == before  # the finished trial was not run again
     assert len(after) == 4 and all(k.startswith("gen-1/") for k in set(after) - set(before))

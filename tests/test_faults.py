@@ -16,17 +16,9 @@ from tests.conftest import run_cli, run_study, write_space
 from trainables import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def reference(ray_local, tmp_path_factory):
-    """Final metrics of an uninterrupted run of the stress study."""
-    d = tmp_path_factory.mktemp("reference")
-    run_study(write_space(d / "stress.yaml", SPACE), d / "res", "reference")
-    return final_by_config(d / "res" / "reference")
-
-
 @pytest.mark.slow
-def test_driver_killed_twice_then_resumed(reference, tmp_path):
-    problems = run_scenario(tmp_path, reference, seed=1, kills=2, log=lambda *a: None)
+def test_driver_killed_twice_then_resumed(stress_reference, tmp_path):
+    problems = run_scenario(tmp_path, stress_reference, seed=1, kills=2, log=lambda *a: None)
     assert problems == []
 
 
@@ -51,7 +43,7 @@ def _kill_worker_when(study_dir, min_iter, killed):
     return t
 
 
-def test_worker_killed_is_retried_from_its_checkpoint(reference, tmp_path):
+def test_worker_killed_is_retried_from_its_checkpoint(stress_reference, tmp_path):
     space = write_space(tmp_path / "s.yaml", SPACE)  # max_failures: 1
     killed = []
     watcher = _kill_worker_when(tmp_path / "res" / "retry", 150, killed)
@@ -65,10 +57,10 @@ def test_worker_killed_is_retried_from_its_checkpoint(reference, tmp_path):
     iters = [r["iter"] for r in load_reports(st, "retry", victim["dir"])]
     assert iters[0] == 25 and iters.count(iters[-1]) == 1  # restarted mid-way, not from scratch
     assert iters.index(150) < len(iters) - 1 - iters[::-1].index(150) or 150 in iters
-    assert final_by_config(tmp_path / "res" / "retry") == reference
+    assert final_by_config(tmp_path / "res" / "retry") == stress_reference
 
 
-def test_errored_trial_is_resumed_even_from_a_damaged_checkpoint(reference, tmp_path, capsys):
+def test_errored_trial_is_resumed_even_from_a_damaged_checkpoint(stress_reference, tmp_path, capsys):
     space = write_space(tmp_path / "s.yaml", SPACE.replace("max_failures: 1", "max_failures: 0"))
     killed = []
     watcher = _kill_worker_when(tmp_path / "res" / "err", 150, killed)
@@ -86,7 +78,7 @@ def test_errored_trial_is_resumed_even_from_a_damaged_checkpoint(reference, tmp_
     assert main(["resume", "err", "--storage", str(tmp_path / "res")]) == 0
     trials = load_trials(st, "err")
     assert all(t["state"] == "terminated" for t in trials)
-    assert final_by_config(tmp_path / "res" / "err") == reference
+    assert final_by_config(tmp_path / "res" / "err") == stress_reference
     # it restarted from the checkpoint before the damaged one (Ray's checkpoint rotation later replaces both)
     reports = load_reports(st, "err", errored["dir"])
     restarts = [(a["iter"], b["iter"]) for a, b in zip(reports, reports[1:]) if b["iter"] <= a["iter"]]

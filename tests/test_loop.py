@@ -146,16 +146,14 @@ def test_device_decision():
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_fused_kernel_learns_and_resumes_bit_identically(cell, tmp_path):
-    """kernel=fused: a real run learns 5-digit addition, a rerun gives the same numbers, and a resume from a
-    mid-run checkpoint ends with bit-identical weights."""
+    """kernel=fused: a real run learns 5-digit addition; a second run, interrupted at a mid-run checkpoint and
+    resumed from it, reports the same numbers at every step (so a rerun is deterministic too) and ends with
+    bit-identical weights."""
     cfg = TrainConfig.from_flat({**TINY, "cell": cell, "kernel": "fused", "iters": 400, "target": 1.5})
     full_reports = []
     full = train(cfg, report=lambda m, c: full_reports.append(m))
     assert full["final"]["exact_acc"] >= 0.9
     assert full["model"].uses_fused_kernel(torch.device("cpu"))
-    again = []
-    train(cfg, report=lambda m, c: again.append(m))
-    assert _strip_timing(again) == _strip_timing(full_reports)
 
     part_reports, _, resumed = _interrupt_and_resume(cfg, tmp_path, at=200)
     assert _strip_timing(part_reports) == _strip_timing(full_reports)

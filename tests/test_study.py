@@ -12,6 +12,7 @@ from orchestrator.cli import main
 from orchestrator.space import read_space_file
 from orchestrator.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
+from benchmarks.stress_resume import SPACE as STRESS_SPACE, final_by_config
 from tests.conftest import ROOT, final_metrics_by_config, run_cli, run_study, write_space
 
 # target 1.5 never stops a trial early, whatever a torch version's rounding makes of the first iterations
@@ -27,22 +28,6 @@ space:
   target: 1.5
 checkpoint_every: 2
 """
-
-# Long enough to be interrupted after the first checkpoints; target 1.5 never stops early.
-RESUMABLE = """\
-# resumable study for the interrupt test
-name: resumable
-space:
-  cell: {grid: [rnn, gru]}
-  seed: {grid: [0, 1]}
-  digits: 6
-  iters: 300
-  eval_every: 25
-  eval_size: 200
-  target: 1.5
-checkpoint_every: 2
-"""
-
 
 def test_end_to_end_sweep_records_and_results(ray_local, tmp_path):
     space = write_space(tmp_path / "tiny.yaml", TINY)
@@ -116,11 +101,11 @@ def _report_lines(study) -> int:
     return sum(len(f.read_text().splitlines()) for f in study.glob("trial_*/result.json"))
 
 
-def test_sigint_then_sigterm_then_resume_equals_uninterrupted(ray_local, tmp_path):
+def test_sigint_then_sigterm_then_resume_equals_uninterrupted(stress_reference, tmp_path):
     """Ctrl-C stops a sweep (exit 130), SIGTERM -- what `ray job stop` and Kubernetes send -- stops its resume
     (exit 143); each prints the resume command, and the study finished by a second resume has the numbers of an
     uninterrupted one, without rerunning a trial that had finished."""
-    space = write_space(tmp_path / "resumable.yaml", RESUMABLE)
+    space = write_space(tmp_path / "stress.yaml", STRESS_SPACE)
     storage = tmp_path / "res"
     storage.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -163,9 +148,7 @@ def test_sigint_then_sigterm_then_resume_equals_uninterrupted(ray_local, tmp_pat
         if state == "terminated":
             assert len(load_reports(st, "cut", t["dir"])) == n
 
-    run_study(space, storage, "whole")
-    assert final_metrics_by_config(storage, "cut", ["cell", "seed"]) == \
-        final_metrics_by_config(storage, "whole", ["cell", "seed"])
+    assert final_by_config(study) == stress_reference
 
 
 def test_resume_errors(ray_local, tmp_path, capsys):

@@ -238,6 +238,20 @@ def rank_configurations(study: Study, value: Optional[str] = None) -> pd.DataFra
     return rank(groups, value, lower, tiebreak)
 
 
+def best_configuration_line(study: Study) -> Optional[str]:
+    """With replicates, the best configuration over its seeds (``rank_configurations``' first row) in one line, as
+    the end of a sweep, extend or resume prints it beside the best single trial; None without replicates."""
+    if not study.has_replicates or not len(study.trials):
+        return None
+    value = default_value(study)[0]
+    first = rank_configurations(study, value).iloc[0]
+    config = " ".join(f"{k}={_plain(first[k])}" for k in config_keys(study) if k in first)
+    est = first["estimate"]
+    solved = "" if "solved" in est.text() else f", {first['solved_fraction']:.0%} solved"
+    return (f"Best configuration over seeds (mean ± 95% CI, N = {int(first['n'])}): {config or 'the only one'}, "
+            f"{value} {est.text()}{solved}")
+
+
 def summarize(study: Study, top: int = 5) -> dict:
     """Trials by state and outcome, core-seconds, the best trials -- and with replicates the best configurations
     over their seeds -- by the ranking rule of ``rank_trials``."""
