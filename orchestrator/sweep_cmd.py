@@ -213,7 +213,12 @@ def finish(outcome, args) -> int:
     if study is not None:
         from .results.report import best_configuration_line
 
-        line = best_configuration_line(study)
+        try:  # like the page: a summary line that cannot be computed is a warning, never a failed run
+            line = best_configuration_line(study)
+        except Exception as exc:
+            line = None
+            print(f"adder-sweep: best configuration over seeds not computed ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
         if line:
             print(line)
     where = storage.flag()
