@@ -2,8 +2,14 @@
 
 One scenario: start ``adder-sweep sweep`` on a small study in its own process group; SIGKILL the whole group
 (driver and the embedded Ray it started, as when a machine is lost) at chosen moments -- before any trial has
-finished, right after a checkpoint appears, and at random times; after each kill run ``adder-sweep resume``;
-when a resume runs to the end, compare with an uninterrupted run of the same file.
+finished, right after a checkpoint appears, with a stale experiment state, and at random times; after each kill
+run ``adder-sweep resume``; when a resume runs to the end, compare with an uninterrupted run of the same file.
+
+"Stale state" is the moment that lost checkpoints on a real cluster: Tune's experiment state (which names each
+trial's latest checkpoint) reaches storage seconds after the checkpoints do, so a driver lost in between leaves a
+state several checkpoints behind. The scenario copies the state on storage once it names a running trial's
+checkpoint, lets that trial write three more, kills the driver and puts the copy back: every checkpoint that state
+names must still be there for `resume`.
 
     python benchmarks/stress_resume.py --runs 10          # prints `N passed, N failed` last
 
@@ -102,8 +108,13 @@ def reference(workdir: Path) -> dict:
     return final_by_config(workdir / "res" / "reference")
 
 
-def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: int = 3, log=print) -> list[str]:
-    """One kill-and-resume scenario; returns the problems found (empty: passed)."""
+MOMENTS = ("before_first_finish", "after_checkpoint", "stale_state")
+
+
+def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: int = 3, log=print,
+                 moments: tuple = MOMENTS) -> list[str]:
+    """One kill-and-resume scenario: ``kills`` kills, at ``moments`` in turn and then at random times; returns the
+    problems found (empty: passed)."""
     rng = random.Random(seed)
     space = workdir / "stress.yaml"
     space.write_text(SPACE)
@@ -112,18 +123,22 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
     name = f"killed-{seed}"
     study = storage / name
     problems: list[str] = []
-    moments = ["before_first_finish", "after_checkpoint"] + ["random"] * max(0, kills - 2)
+    moments = (list(moments) + ["random"] * kills)[:kills]
     restore_points: dict[str, list[int]] = {}
     phase = 0
     while True:
         args = ("sweep", space, "--name", name, "--storage", storage) if phase == 0 else \
             ("resume", name, "--storage", storage)
         before = {d: len(r) for d, r in study_reports(study).items()} if study.exists() else {}
-        proc = subprocess.Popen(_cli(*args), cwd=workdir, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         moment = moments[phase] if phase < len(moments) else None
+        # a stale state needs one to copy early: Tune snapshots every second instead of every 10 s or more
+        env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"} if moment == "stale_state" else _env()
+        proc = subprocess.Popen(_cli(*args), cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         killed = False
-        if moment is not None:
+        if moment == "stale_state":
+            killed = _kill_with_stale_state(proc, study, problems)
+        elif moment is not None:
             killed = _kill_at(proc, study, moment, rng)
         if not killed:
             _, err = proc.communicate(timeout=600)
@@ -165,6 +180,62 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
             if final.get(key) != ref:
                 problems.append(f"trial {key}: final {final.get(key)} != uninterrupted {ref}")
     return problems
+
+
+def _state_files(study: Path) -> dict[str, bytes]:
+    """Tune's experiment-level state on storage: what `resume` restores from."""
+    return {p.name: p.read_bytes() for p in study.glob("*.json")
+            if p.name.startswith(("experiment_state-", "basic-variant-state-"))}
+
+
+def _running_checkpoint(state_files: dict[str, bytes]) -> tuple[str, int] | None:
+    """(trial dir, checkpoint index) of a RUNNING trial whose latest result in the newest experiment state (the
+    one `resume` restores) names a checkpoint, or None."""
+    names = [f for f in state_files if f.startswith("experiment_state-")]
+    if not names:
+        return None
+    try:
+        for entry in json.loads(state_files[max(names)])["trial_data"]:
+            t, rt = json.loads(entry[0]), json.loads(entry[1])
+            ckpt = (rt.get("last_result") or {}).get("checkpoint_dir_name")
+            if t.get("status") == "RUNNING" and ckpt:
+                return t["relative_logdir"], int(ckpt.rsplit("_", 1)[1])
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass  # caught mid-write: look again
+    return None
+
+
+def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[str]) -> bool:
+    """The "stale_state" moment (see the module's docstring); False if the study finished first."""
+    deadline = time.time() + 300
+    snapshot, found = {}, None
+    while time.time() < deadline and proc.poll() is None and found is None:
+        snapshot = _state_files(study) if study.exists() else {}
+        found = _running_checkpoint(snapshot)
+        time.sleep(0.05)
+    if found is None:
+        return False
+    trial, index = found
+
+    def newest() -> int:
+        return max((int(p.name.rsplit("_", 1)[1]) for p in (study / trial).glob("checkpoint_*")), default=-1)
+
+    while time.time() < deadline and proc.poll() is None and newest() < index + 3:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        return False
+    kill_group(proc)
+    if newest() < index + 3:
+        problems.append(f"stale_state: {trial} never got past checkpoint {index} + 3")
+    if any(r and r[-1].get("done") for r in study_reports(study).values()):
+        # adder-sweep prunes a finished trial only once the state on storage says it finished; a copy older than
+        # that is not a state a lost driver leaves, so the moment is missed rather than faked
+        problems.append("stale_state: a trial finished before the kill; moment missed")
+    for fname in _state_files(study):
+        (study / fname).unlink()
+    for fname, data in snapshot.items():
+        (study / fname).write_bytes(data)
+    return True
 
 
 def _kill_at(proc: subprocess.Popen, study: Path, moment: str, rng: random.Random) -> bool:

@@ -7,6 +7,11 @@
   with the trial's final metrics, in the trial's own event file: one HParams session per trial.
 * ``LivePage``: while trials run, rewrites ``report.html`` every 30 s (atomically) from the results the driver
   holds in memory, so an open browser tab shows progress without anything re-reading storage.
+* ``CheckpointPruner``: removes the older checkpoints of finished trials, and only of those the experiment state
+  *on storage* already records as finished. Ray's own ``num_to_keep`` deletes a checkpoint as soon as a newer one
+  is registered, while the experiment state naming the latest checkpoint reaches storage later (seconds, on S3
+  more): a driver lost in between leaves a state whose trial restores from a deleted checkpoint, and `resume`
+  fails that trial. Ray therefore keeps every checkpoint (``num_to_keep=None``) and this callback does the pruning.
 """
 from __future__ import annotations
 
@@ -139,6 +144,90 @@ class LivePage(Callback):
 
 
 _WRITERS: list[threading.Thread] = []
+
+
+KEEP_CHECKPOINTS = 2  # the newest, and one to fall back on if it is damaged (trainables.tune_adapter)
+
+
+def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set[str] | None = None,
+                               skip: set[str] = frozenset(), keep: int = KEEP_CHECKPOINTS) -> set[str]:
+    """Delete all but the ``keep`` newest ``checkpoint_*`` folders of each trial (of ``only`` if given, not of
+    ``skip``) that the newest experiment-state snapshot on storage records as TERMINATED or ERROR; returns the ids
+    of those trials.
+
+    Safe against a driver lost at any moment: a restore starts from that snapshot, so a trial it records as
+    finished is never restored mid-run (TERMINATED), or restarts from its latest registered checkpoint (ERROR),
+    which is the newest or -- if one more was uploaded but not yet registered -- the second newest folder. A trial
+    the snapshot still records as running keeps every checkpoint: the snapshot may name any of them."""
+    from pyarrow.fs import FileSelector, FileType
+
+    from .results.tables import snapshot_trials
+
+    done = set()
+    for t in snapshot_trials(storage, name, gen_path):
+        if t["ray_status"] not in ("TERMINATED", "ERROR") or not t["dir"] or t["trial_id"] in skip \
+                or (only is not None and t["trial_id"] not in only):
+            continue
+        base = storage.join(name, t["dir"])
+        if storage.is_dir(base):
+            found = storage.fs.get_file_info(FileSelector(base))
+            folders = sorted(i.path for i in found
+                             if i.type == FileType.Directory and i.base_name.startswith("checkpoint_"))
+            for path in folders[:-keep] if keep > 0 else folders:
+                storage.fs.delete_dir(path)
+        done.add(t["trial_id"])
+    return done
+
+
+class CheckpointPruner(Callback):
+    """Prunes finished trials' checkpoints (``prune_finished_checkpoints``) every PRUNE_EVERY_S seconds while a
+    study runs, and all finished trials' at its end, after Tune's final snapshot. Holds only plain data."""
+
+    def __init__(self, name: str, storage_root: str, generation: int = 0, every_s: float | None = None):
+        self.name, self.storage_root, self.generation = name, storage_root, generation
+        self.every = PRUNE_EVERY_S if every_s is None else every_s
+        self.finished: set[str] = set()
+        self.pruned: set[str] = set()
+        self._last = time.monotonic()
+        self._warned = False
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_warned": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        waiting = self.finished - self.pruned
+        if waiting and time.monotonic() - self._last >= self.every:
+            self._prune(waiting)
+
+    def on_experiment_end(self, trials, **info):
+        self._prune(None)  # every finished trial, also those a run before this one finished
+
+    def _prune(self, only: set[str] | None) -> None:
+        from .storage import Storage
+
+        self._last = time.monotonic()
+        gen_path = f"gen-{self.generation}" if self.generation else ""
+        try:
+            self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, gen_path, only,
+                                                      skip=self.pruned)
+        except Exception as exc:  # storage trouble costs disk space, never the study
+            if not self._warned:
+                self._warned = True
+                print(f"adder-sweep: older checkpoints of finished trials not removed ({type(exc).__name__}: "
+                      f"{exc}); they only take space", file=sys.stderr)
+
+
+PRUNE_EVERY_S = float(os.environ.get("ADDER_SWEEP_PRUNE_EVERY_S", "30"))
 
 
 def wait_for_live_pages(timeout: float = 60) -> None:

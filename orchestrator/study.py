@@ -158,11 +158,15 @@ def tune_points(planned) -> list[dict]:
 
 
 def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: int = 0) -> list:
-    """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, and the
-    study page kept current while trials run."""
-    from .callbacks import HParamsLogger, LivePage, hparam_keys
+    """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, the
+    study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
+    recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints."""
+    from .callbacks import CheckpointPruner, HParamsLogger, LivePage, hparam_keys
 
-    return [HParamsLogger(hparam_keys(spec)), LivePage(name, storage.root, spec.to_json(), generation)]
+    callbacks = [HParamsLogger(hparam_keys(spec)), LivePage(name, storage.root, spec.to_json(), generation)]
+    if spec.scheduler["type"] != "pbt":
+        callbacks.append(CheckpointPruner(name, storage.root, generation))
+    return callbacks
 
 
 def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optional[list[dict]] = None,
@@ -192,9 +196,10 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
     run_config = RunConfig(
         name=experiment, storage_path=storage_path, storage_filesystem=storage.ray_filesystem,
         stop=spec.stop or None, failure_config=FailureConfig(max_failures=spec.max_failures),
-        # Two checkpoints per trial suffice to fall back from a damaged one; PBT needs more: a donor's checkpoint
-        # must outlive the recipient's restore, so there all are kept.
-        checkpoint_config=CheckpointConfig(num_to_keep=None if spec.scheduler["type"] == "pbt" else 2),
+        # Ray deletes nothing: its num_to_keep deletes checkpoints that the experiment state on storage may still
+        # name (a driver lost before its next snapshot landed could not resume them); CheckpointPruner prunes
+        # finished trials instead (orchestrator/callbacks.py).
+        checkpoint_config=CheckpointConfig(num_to_keep=None),
         progress_reporter=reporter, verbose=1,
         callbacks=trial_callbacks(spec, name, storage, int(gen_path.split("-")[-1]) if gen_path else 0))
     if spec.search["type"] == "optuna" and points is None:

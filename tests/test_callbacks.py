@@ -31,3 +31,83 @@ def test_live_page_is_drawn_from_memory_only(tmp_path):
     # Tune pickles callbacks with the study's state: only plain data goes in, no results
     restored = pickle.loads(pickle.dumps(cb))
     assert restored.trials == {} and restored.name == "live"
+
+
+def test_live_page_with_an_errored_trial_is_written(tmp_path, capsys):
+    """A trial that ends in error has no folder or error file in the driver's memory: the page says so rather
+    than failing (it once raised TypeError on the missing values and was left stale)."""
+    spec = parse_space(SPACE, "live.yaml")
+    study = tmp_path / "live"
+    study.mkdir()
+    (study / "adder_study.json").write_text(json.dumps({"name": "live", "spec": spec.to_json(), "runs": []}))
+    cb = LivePage("live", str(tmp_path), spec.to_json(), every_s=0)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"cell": c, "digits": 3, "iters": 100, "eval_every": 20,
+                                                         "_continues": ""}) for i, c in enumerate(["rnn", "gru"])]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    cb.on_trial_result(0, trials, trials[1], {"iter": 20, "loss": 0.1, "exact_acc": 1.0, "digit_acc": 1.0,
+                                              "status": "budget", "time_total_s": 2.0})
+    cb.on_trial_complete(0, trials, trials[1])
+    cb.on_trial_error(0, trials, trials[0])
+    cb.on_experiment_end(trials)
+    assert "not written" not in capsys.readouterr().err
+    page = (study / "report.html").read_text()
+    assert "1 errored" in page and "(no error file)" in page
+
+
+def _state(tmp_path, statuses: dict[str, str], checkpoints: int = 5):
+    """A study folder with an experiment-state snapshot holding ``statuses`` and that many checkpoint folders per
+    trial."""
+    study = tmp_path / "st"
+    entries = []
+    for trial_id, status in statuses.items():
+        for i in range(checkpoints):
+            (study / f"trial_{trial_id}" / f"checkpoint_{i:06d}").mkdir(parents=True)
+            (study / f"trial_{trial_id}" / f"checkpoint_{i:06d}" / "checkpoint.pt").write_bytes(b"x")
+        entries.append([json.dumps({"trial_id": trial_id, "status": status, "config": {},
+                                    "relative_logdir": f"trial_{trial_id}"}),
+                        json.dumps({"last_result": {}, "num_failures": 0})])
+    (study / "experiment_state-2026-12-01_00-00-00.json").write_text(json.dumps({"trial_data": entries}))
+    return study
+
+
+def _kept(study):
+    return {d.name: sorted(c.name for c in d.glob("checkpoint_*")) for d in sorted(study.glob("trial_*"))}
+
+
+def test_pruning_follows_the_state_on_storage_not_the_driver(tmp_path):
+    """Only trials the snapshot on storage records as finished lose checkpoints, and only all but the newest two:
+    a running trial's snapshot may name any of its checkpoints, so all stay."""
+    from orchestrator.callbacks import prune_finished_checkpoints
+    from orchestrator.storage import Storage
+
+    study = _state(tmp_path, {"a": "TERMINATED", "b": "ERROR", "c": "RUNNING", "d": "TERMINATED"})
+    storage = Storage.open(str(tmp_path))
+    assert prune_finished_checkpoints(storage, "st", only={"a", "b", "c"}) == {"a", "b"}
+    kept = _kept(study)
+    assert kept["trial_a"] == kept["trial_b"] == ["checkpoint_000003", "checkpoint_000004"]
+    assert len(kept["trial_c"]) == len(kept["trial_d"]) == 5  # running; not asked for
+    assert prune_finished_checkpoints(storage, "st", skip={"a", "b"}) == {"d"}
+    assert len(_kept(study)["trial_c"]) == 5 and len(_kept(study)["trial_d"]) == 2
+
+
+def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsys):
+    """The callback: a trial the driver saw finish is pruned only once the snapshot on storage says so; storage
+    trouble is one warning, not an exception into Tune."""
+    from orchestrator.callbacks import CheckpointPruner
+
+    study = _state(tmp_path, {"a": "RUNNING"})
+    pruner = CheckpointPruner("st", str(tmp_path), every_s=0)
+    trial = SimpleNamespace(trial_id="a")
+    pruner.on_trial_complete(0, [trial], trial)
+    pruner.on_step_end(0, [trial])
+    assert len(_kept(study)["trial_a"]) == 5  # the snapshot still says RUNNING
+    state = next(study.glob("experiment_state-*.json"))
+    state.write_text(state.read_text().replace("RUNNING", "TERMINATED"))
+    pruner.on_step_end(1, [trial])
+    assert len(_kept(study)["trial_a"]) == 2 and pruner.pruned == {"a"}
+    state.write_text("{")  # unreadable: a warning
+    pruner.on_experiment_end([trial])
+    assert "older checkpoints of finished trials not removed" in capsys.readouterr().err
+    restored = pickle.loads(pickle.dumps(pruner))
+    assert restored.finished == set() and restored.name == "st"

@@ -107,6 +107,13 @@ def test_job_submit_runs_the_study_on_both_hosts_with_tables_on_s3(hosts, refere
     assert record["address"] == h.address  # RAY_ADDRESS, set by the job, was used: no second Ray on the head
     assert record["runtime_env"]["ship_code"] is True
     assert record["runs"][0]["auth"] == "token"
+    import pyarrow.fs as pafs
+
+    # the driver pruned each finished trial's checkpoints on S3 to its newest two (of ten)
+    found = h.s3_fs().get_file_info(pafs.FileSelector("studies/ref", recursive=True))
+    kept = sorted(i.path.split("/", 2)[2] for i in found if i.type == pafs.FileType.Directory
+                  and i.base_name.startswith("checkpoint_"))
+    assert len(kept) == 8 and {k.rsplit("/", 1)[1] for k in kept} == {"checkpoint_000008", "checkpoint_000009"}, kept
 
 
 def _this_host():

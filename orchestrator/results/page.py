@@ -268,14 +268,18 @@ def importance_figure(study: Study, value: str):
 def _errors(study: Study) -> list[tuple[str, str, str]]:
     from .tables import error_line
 
+    def text(v) -> str:  # a missing value reads back from the tables as None or NaN
+        return v if isinstance(v, str) else ""
+
     out = []
     for _, r in study.trials[study.trials["state"] == "errored"].iterrows():
         line, where = "(no error file)", ""
-        if r.get("error_file") and r.get("trial_dir") and study.storage is not None:
-            path = study.storage.join(study.name, r["trial_dir"], str(r["error_file"]).rsplit("/", 1)[-1])
+        error_file, trial_dir = text(r.get("error_file")).rsplit("/", 1)[-1], text(r.get("trial_dir"))
+        if error_file and trial_dir and study.storage is not None:
             try:
-                line = error_line(study.storage.read_text(path)) or line
-                where = study.storage.uri(study.name, r["trial_dir"], str(r["error_file"]).rsplit("/", 1)[-1])
+                line = error_line(study.storage.read_text(study.storage.join(study.name, trial_dir, error_file))) \
+                    or line
+                where = study.storage.uri(study.name, trial_dir, error_file)
             except (OSError, FileNotFoundError):
                 pass
         out.append((r["trial_id"], _config_text(r, _keys(study)), line + (f" — {where}" if where else "")))

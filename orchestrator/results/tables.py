@@ -121,11 +121,18 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_generation(storage: Storage, name: str, gen_path: str, generation: int) -> list[dict[str, Any]]:
+def snapshot_trials(storage: Storage, name: str, gen_path: str = "") -> list[dict[str, Any]]:
+    """The trials of one generation exactly as its newest experiment-state snapshot on storage holds them -- what
+    `resume` would restore -- without the driver's final_states.json correction (load_trials applies it)."""
+    return _load_generation(storage, name, gen_path, 0, use_final=False)
+
+
+def _load_generation(storage: Storage, name: str, gen_path: str, generation: int,
+                     use_final: bool = True) -> list[dict[str, Any]]:
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return []
-    final = _final_states(storage, name, path, gen_path)
+    final = _final_states(storage, name, path, gen_path) if use_final else {}
     where = storage.uri(*_under(name, gen_path, path.rsplit("/", 1)[-1]))
     try:
         state = json.loads(storage.read_text(path))
