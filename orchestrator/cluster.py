@@ -181,6 +181,23 @@ def _init(address: Optional[str], runtime_env: dict) -> None:
              logging_level="WARNING", log_to_driver=True)
 
 
+def _check_token_file() -> None:
+    """A local Ray with RAY_AUTH_TOKEN_PATH naming a missing or empty file refuses to start (with a traceback):
+    name the variable and what to do, before Ray starts."""
+    path, mode = os.environ.get("RAY_AUTH_TOKEN_PATH"), os.environ.get("RAY_AUTH_MODE")
+    if not path or os.environ.get("RAY_AUTH_TOKEN") or (mode is not None and mode.strip().lower() != "token"):
+        return  # Ray reads RAY_AUTH_TOKEN first; unset, the mode is token for a local Ray
+    try:
+        has_token = bool(Path(path).expanduser().read_text().strip())
+    except (OSError, UnicodeDecodeError):
+        has_token = False
+    if not has_token:
+        raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: no token in that file (missing, unreadable or empty), and Ray "
+                        "will not start without one; unset the variable (a local Ray then makes its own token), or "
+                        "write a token into the file, e.g. python -c 'import secrets; print(secrets.token_hex(32))' "
+                        f"> {path}")
+
+
 def connect(address: Optional[str], runtime_env: Optional[dict] = None) -> Connection:
     """Start an embedded local Ray (``address`` None) or connect to a cluster with the auth mode it needs (module
     docstring). UserError with one line if it cannot."""
@@ -190,9 +207,10 @@ def connect(address: Optional[str], runtime_env: Optional[dict] = None) -> Conne
     if ray.is_initialized():  # tests and notebooks that brought their own Ray
         return Connection(address, False, os.environ.get("RAY_AUTH_MODE") or "disabled", runtime_env)
     if address is None:
+        _check_token_file()
         try:
             _init(None, runtime_env)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             raise UserError(f"local Ray: cannot start ({first_line(exc)})") from None
         return Connection(None, True, os.environ.get("RAY_AUTH_MODE") or "disabled", runtime_env)
     _check_reachable(address)

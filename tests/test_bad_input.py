@@ -212,3 +212,29 @@ def test_trial_restore_skips_a_crafted_checkpoint_for_an_earlier_one(trained_run
     with pytest.raises(CheckpointError, match="refused to load.*no earlier readable checkpoint"):
         load_trial_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000001")))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("token", ["missing", "empty"])
+def test_token_path_without_a_token_is_one_line_before_ray_starts(tmp_path, token, monkeypatch):
+    """RAY_AUTH_TOKEN_PATH naming a missing or empty file, token mode (what a local Ray turns on when
+    RAY_AUTH_MODE is unset): Ray would refuse to start with a traceback. With token auth off it is no problem."""
+    import subprocess
+    import sys
+
+    from orchestrator.cluster import _check_token_file
+
+    path = tmp_path / "token"
+    if token == "empty":
+        path.write_text("\n")
+    (tmp_path / "res").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(ROOT / "search_spaces" / "quick.yaml"),
+                        "--storage", str(tmp_path / "res"), "--name", "q"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT), "RAY_AUTH_TOKEN_PATH": str(path)})
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(err) == 1, p.stderr
+    assert f"RAY_AUTH_TOKEN_PATH={path}: no token in that file" in err[0]
+    assert not (tmp_path / "res" / "q").exists()  # nothing half-written
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _check_token_file()  # no token needed
