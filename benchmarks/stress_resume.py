@@ -1,9 +1,9 @@
 """Kill the sweep driver at random moments, resume until the study completes, and check nothing was lost.
 
 One scenario: start ``adder-sweep sweep`` on a small study in its own process group; SIGKILL the whole group
-(driver and the embedded Ray it started, as when a machine is lost) at chosen moments -- before any trial has
-finished, right after a checkpoint appears, with a stale experiment state, and at random times; after each kill
-run ``adder-sweep resume``; when a resume runs to the end, compare with an uninterrupted run of the same file.
+(driver and the embedded Ray it started, as when a machine is lost) at chosen moments -- with a stale experiment
+state before any trial has finished, right after a checkpoint appears, and at random times; after each kill run
+``adder-sweep resume``; when a resume runs to the end, compare with an uninterrupted run of the same file.
 
 "Stale state" is the moment that lost checkpoints on a real cluster: Tune's experiment state (which names each
 trial's latest checkpoint) reaches storage seconds after the checkpoints do, so a driver lost in between leaves a
@@ -108,7 +108,8 @@ def reference(workdir: Path) -> dict:
     return final_by_config(workdir / "res" / "reference")
 
 
-MOMENTS = ("before_first_finish", "after_checkpoint", "stale_state")
+# stale_state first: it needs trials far from done, and kills before any has finished
+MOMENTS = ("stale_state", "after_checkpoint")
 
 
 def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: int = 3, log=print,
@@ -131,13 +132,14 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
             ("resume", name, "--storage", storage)
         before = {d: len(r) for d, r in study_reports(study).items()} if study.exists() else {}
         moment = moments[phase] if phase < len(moments) else None
-        # a stale state needs one to copy early: Tune snapshots every second instead of every 10 s or more
-        env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"} if moment == "stale_state" else _env()
+        # a stale state needs one to copy early, while its trial has checkpoints to go: Tune snapshots at every
+        # step of its loop instead of every 10 s or more (a trial writes two or three checkpoints a second)
+        env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "0"} if moment == "stale_state" else _env()
         proc = subprocess.Popen(_cli(*args), cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         killed = False
         if moment == "stale_state":
-            killed = _kill_with_stale_state(proc, study, problems)
+            killed = _kill_with_stale_state(proc, study, problems, log)
         elif moment is not None:
             killed = _kill_at(proc, study, moment, rng)
         if not killed:
@@ -170,6 +172,12 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
         got = {tuple(t["config"][k] for k in KEYS) for t in trials}
         if got != planned:
             problems.append(f"trials {sorted(got)} differ from the planned {sorted(planned)}")
+        errored = sorted(f.parent.name for f in study.glob("trial_*/error.txt"))
+        if errored:
+            # only the driver is killed here: a trial that failed on its own (e.g. could not restore) is a loss
+            # even when a later resume restarted it
+            problems.append(f"trials failed along the way: {errored}: "
+                            + (study / errored[0] / "error.txt").read_text()[-400:])
         if any(t["state"] != "terminated" for t in trials):
             problems.append(f"unfinished trials: {[(t['trial_id'], t['state']) for t in trials]}")
         for d, points in restore_points.items():
@@ -189,23 +197,24 @@ def _state_files(study: Path) -> dict[str, bytes]:
 
 
 def _running_checkpoint(state_files: dict[str, bytes]) -> tuple[str, int] | None:
-    """(trial dir, checkpoint index) of a RUNNING trial whose latest result in the newest experiment state (the
-    one `resume` restores) names a checkpoint, or None."""
+    """(trial dir, checkpoint index) of the RUNNING trial furthest from its end whose latest result in the newest
+    experiment state (the one `resume` restores) names a checkpoint, or None."""
     names = [f for f in state_files if f.startswith("experiment_state-")]
     if not names:
         return None
+    found = []
     try:
         for entry in json.loads(state_files[max(names)])["trial_data"]:
             t, rt = json.loads(entry[0]), json.loads(entry[1])
             ckpt = (rt.get("last_result") or {}).get("checkpoint_dir_name")
             if t.get("status") == "RUNNING" and ckpt:
-                return t["relative_logdir"], int(ckpt.rsplit("_", 1)[1])
+                found.append((int(ckpt.rsplit("_", 1)[1]), t["relative_logdir"]))
     except (ValueError, KeyError, IndexError, TypeError):
-        pass  # caught mid-write: look again
-    return None
+        return None  # caught mid-write: look again
+    return (min(found)[1], min(found)[0]) if found else None
 
 
-def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[str]) -> bool:
+def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[str], log=print) -> bool:
     """The "stale_state" moment (see the module's docstring); False if the study finished first."""
     deadline = time.time() + 300
     snapshot, found = {}, None
@@ -214,6 +223,7 @@ def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[s
         found = _running_checkpoint(snapshot)
         time.sleep(0.05)
     if found is None:
+        problems.append("stale_state: the run ended before its state named a running trial's checkpoint; missed")
         return False
     trial, index = found
 
@@ -223,8 +233,10 @@ def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[s
     while time.time() < deadline and proc.poll() is None and newest() < index + 3:
         time.sleep(0.02)
     if proc.poll() is not None:
+        problems.append(f"stale_state: the run ended before {trial} wrote checkpoint {index} + 3; missed")
         return False
     kill_group(proc)
+    log(f"  stale state names {trial} checkpoint {index}; killed at checkpoint {newest()}")
     if newest() < index + 3:
         problems.append(f"stale_state: {trial} never got past checkpoint {index} + 3")
     if any(r and r[-1].get("done") for r in study_reports(study).values()):
@@ -242,20 +254,10 @@ def _kill_at(proc: subprocess.Popen, study: Path, moment: str, rng: random.Rando
     """Wait for ``moment`` and SIGKILL the driver's process group; False if it finished first."""
     deadline = time.time() + 300
 
-    def finished_any() -> bool:
-        return any(r and r[-1].get("done") for r in study_reports(study).values()) if study.exists() else False
-
     def checkpoints() -> set:
         return set(glob.glob(str(study / "trial_*" / "checkpoint_*")))
 
-    if moment == "before_first_finish":
-        while time.time() < deadline and proc.poll() is None:
-            if any(study_reports(study).values()) if study.exists() else False:
-                break
-            time.sleep(0.05)
-        if finished_any():
-            pass  # still kill: the scenario just loses this precise moment
-    elif moment == "after_checkpoint":
+    if moment == "after_checkpoint":
         seen = checkpoints()
         while time.time() < deadline and proc.poll() is None and not (checkpoints() - seen):
             time.sleep(0.02)

@@ -157,8 +157,10 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
 
     Safe against a driver lost at any moment: a restore starts from that snapshot, so a trial it records as
     finished is never restored mid-run (TERMINATED), or restarts from its latest registered checkpoint (ERROR),
-    which is the newest or -- if one more was uploaded but not yet registered -- the second newest folder. A trial
-    the snapshot still records as running keeps every checkpoint: the snapshot may name any of them."""
+    which is the newest or -- if its worker died between uploading one more and reporting it -- the second newest
+    folder; an errored trial therefore keeps one more, so the registered one always has an earlier one to fall back
+    on if it is damaged. A trial the snapshot still records as running keeps every checkpoint: the snapshot may
+    name any of them."""
     from pyarrow.fs import FileSelector, FileType
 
     from .results.tables import snapshot_trials
@@ -173,7 +175,8 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
             found = storage.fs.get_file_info(FileSelector(base))
             folders = sorted(i.path for i in found
                              if i.type == FileType.Directory and i.base_name.startswith("checkpoint_"))
-            for path in folders[:-keep] if keep > 0 else folders:
+            n = keep + 1 if t["ray_status"] == "ERROR" else keep
+            for path in folders[:-n] if n > 0 else folders:
                 storage.fs.delete_dir(path)
         done.add(t["trial_id"])
     return done

@@ -38,7 +38,7 @@ PERTURBABLE = ("lr", "grad_clip")
 SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
               "resources", "max_concurrent", "checkpoint_every", "max_failures", "space")
-SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200}
+SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200, "batch_size": 32}
 SMOKE_GRID_POINTS = 4
 
 
@@ -115,7 +115,7 @@ class StudySpec:
         return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 
     def smoke(self) -> "StudySpec":
-        """The study in miniature, to try a file: 40 iterations (a report every 20, on 200 examples), at most
+        """The study in miniature, to try a file: 40 iterations of 32 examples (a report every 20, on 200), at most
         2 samples, scheduler milestones scaled to match, and at most SMOKE_GRID_POINTS grid points: in file order,
         each grid keeps its first and last value while the product stays within the limit, later grids their
         first value only (so put the keys whose code paths matter -- cell, mode, schedule -- first)."""

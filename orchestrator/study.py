@@ -325,12 +325,41 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
               "(it was stopped before its first trial started); starting it now", file=sys.stderr)
         return build_tuner(spec, name, storage, points=generation.get("points"), gen_path=gen_path, history=history)
     _check_trial_folders(storage, name)
+    _forget_stale_decisions(storage, name, gen_path)
     try:
         return tune.Tuner.restore(uri, trainable=build_trainable(spec), resume_errored=True, storage_filesystem=fs)
     except Exception as exc:  # Ray raises plain Exceptions/ValueErrors for damaged state files
         raise UserError(f"study {name!r}: Ray Tune cannot restore its state ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); the experiment state files in "
                         f"{storage.uri(name)} may be damaged") from None
+
+
+def _forget_stale_decisions(storage: Storage, name: str, gen_path: str) -> None:
+    """Ray Tune saves the scheduling decisions it holds for running trials in its experiment state, and acts on
+    them after a restore: a trial whose worker died while a checkpoint was being saved leaves a STOP there, and the
+    restored trial was then stopped -- and recorded as finished -- at its first checkpoint, with exit code 0. They
+    were about the previous driver's actors, all gone: clear them before Tune reads the state."""
+    from .results.tables import experiment_state_path
+
+    path = experiment_state_path(storage, name, gen_path)
+    if path is None:
+        return
+    try:
+        state = json.loads(storage.read_text(path))
+        runner = state["runner_data"]
+        stale = {k: runner[k] for k in ("_cached_trial_decisions", "_queued_trial_decisions") if runner.get(k)}
+    except (ValueError, KeyError, TypeError):
+        return  # not the shape this knows: Tuner.restore reports a damaged state
+    if not stale:
+        return
+    for key, decisions in stale.items():
+        for trial_id, decision in decisions.items():
+            if decision not in ("STOP", "PAUSE"):
+                continue  # CONTINUE: harmless, cleared with the rest
+            print(f"adder-sweep: trial {trial_id}: dropped Ray Tune's saved {decision} decision from the previous "
+                  "run (it would have halted the resumed trial at its next checkpoint)", file=sys.stderr)
+        runner[key] = {}
+    storage.write_text(path, json.dumps(state))
 
 
 def _check_trial_folders(storage: Storage, name: str) -> None:

@@ -262,6 +262,9 @@ class TwoHosts:
         return venv / "bin" / "python"
 
     def start_worker(self, mount_private: Optional[Path] = None) -> None:
+        """Start the worker host's node and wait until the cluster is the head and this node: a node lost just
+        before (SIGKILLed) stays listed alive until its health checks fail, and a driver's probe refuses it."""
+        before = self.alive_node_ids()
         temp = self.ray_tmp / f"w{len(self.procs)}"
         temp.mkdir(exist_ok=True)
         py = self.worker_python()
@@ -270,24 +273,25 @@ class TwoHosts:
                      f"--temp-dir {temp} --disable-usage-stats")
         self.worker = self.spawn("worker", self.worker_host_command(ray_start, mount_private),
                                  self.env(RAY_AUTH_MODE="token"), cwd=Path("/"))
-        deadline = time.time() + 90
+        deadline = time.time() + 150
         while time.time() < deadline:
             if self.worker.popen.poll() is not None:
                 raise RuntimeError(f"worker node exited: {self.worker.tail()}")
-            if self.alive_nodes() >= 2:
+            alive = self.alive_node_ids()
+            if len(alive) == 2 and alive - before:
                 return
             time.sleep(1)
-        raise RuntimeError(f"worker node did not join: {self.worker.tail()}")
+        raise RuntimeError(f"worker node did not join, or a lost one stayed listed: {self.worker.tail()}")
 
-    def alive_nodes(self) -> int:
+    def alive_node_ids(self) -> set[str]:
         out = subprocess.run([str(BIN / "python"), "-c", (
             "import ray, json; ray.init(address=%r, logging_level='ERROR');"
-            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))") % self.address],
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))") % self.address],
             capture_output=True, text=True, env=self.env(RAY_AUTH_MODE="token"), timeout=120)
         try:
-            return int(out.stdout.strip().splitlines()[-1])
+            return set(json.loads(out.stdout.strip().splitlines()[-1]))
         except (ValueError, IndexError):
-            return 0
+            return set()
 
     def _wait_tcp(self, host: str, port: int, timeout: float, proc: Proc) -> None:
         deadline = time.time() + timeout

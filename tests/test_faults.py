@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,22 +31,33 @@ def test_driver_killed_twice_then_resumed(stress_reference, tmp_path):
     assert len(kept) == 4 and all(names == ["checkpoint_000006", "checkpoint_000007"] for names in kept.values()), kept
 
 
-def _kill_worker_when(study_dir, min_iter, killed):
-    """Background thread: SIGKILL the worker of the first trial that reports iter >= min_iter."""
+def _worker_of(trial: str) -> int | None:
+    """The pid of the Ray worker running ``trial`` now: Tune runs a trial in its own working directory
+    (.../working_dirs/<trial folder>)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd").endswith(f"/working_dirs/{trial}") \
+                    and (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _kill_worker_when(study_dir, checkpoint_index, killed):
+    """Background thread: SIGKILL the worker of the first trial whose checkpoint ``checkpoint_index`` is on
+    storage. Checkpoints land there as they are written (reports reach result.json only at the driver's next
+    sync), so the trial is still mid-run, also on a fast machine."""
     def watch():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for f in study_dir.glob("trial_*/result.json"):
-                for line in f.read_text().splitlines():
-                    try:
-                        r = json.loads(line)
-                    except ValueError:
-                        continue
-                    if r["iter"] >= min_iter and r["status"] == "running":
-                        os.kill(r["pid"], signal.SIGKILL)
-                        killed.append((f.parent.name, r["pid"], r["iter"]))
-                        return
-            time.sleep(0.05)
+            for ckpt in study_dir.glob(f"trial_*/checkpoint_{checkpoint_index:06d}"):
+                pid = _worker_of(ckpt.parent.name)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append((ckpt.parent.name, pid))
+                    return
+            time.sleep(0.02)
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
@@ -54,7 +66,7 @@ def _kill_worker_when(study_dir, min_iter, killed):
 def test_worker_killed_is_retried_from_its_checkpoint(stress_reference, tmp_path):
     space = write_space(tmp_path / "s.yaml", SPACE)  # max_failures: 1
     killed = []
-    watcher = _kill_worker_when(tmp_path / "res" / "retry", 150, killed)
+    watcher = _kill_worker_when(tmp_path / "res" / "retry", 2, killed)  # iteration 150 of 400
     out = run_study(space, tmp_path / "res", "retry")
     watcher.join()
     assert killed, "no worker was killed"
@@ -63,37 +75,48 @@ def test_worker_killed_is_retried_from_its_checkpoint(stress_reference, tmp_path
     victim = next(t for t in load_trials(st, "retry") if t["dir"] == killed[0][0])
     assert victim["num_failures"] == 1
     iters = [r["iter"] for r in load_reports(st, "retry", victim["dir"])]
-    assert iters[0] == 25 and iters.count(iters[-1]) == 1  # restarted mid-way, not from scratch
-    assert iters.index(150) < len(iters) - 1 - iters[::-1].index(150) or 150 in iters
+    # retried from a checkpoint at iteration 100 or later (the one just written, or the one before if its report
+    # died with the worker), not from scratch
+    assert iters[0] == 25 and iters.count(25) == 1 and iters[-1] == 400, iters
     assert final_by_config(tmp_path / "res" / "retry") == stress_reference
 
 
 def test_errored_trial_is_resumed_even_from_a_damaged_checkpoint(stress_reference, tmp_path, capsys):
+    """A worker killed (max_failures 0: the trial ends in error); its checkpoints then damaged, and Ray's saved
+    state holding a STOP for it (what Ray leaves when the worker dies while a checkpoint is being saved: it had
+    ended such a trial, as finished, at its first checkpoint after the resume); `resume` runs it to the end."""
     space = write_space(tmp_path / "s.yaml", SPACE.replace("max_failures: 1", "max_failures: 0"))
     killed = []
-    watcher = _kill_worker_when(tmp_path / "res" / "err", 150, killed)
+    watcher = _kill_worker_when(tmp_path / "res" / "err", 2, killed)
     out = run_study(space, tmp_path / "res", "err")
     watcher.join()
     assert out.states == {"TERMINATED": 3, "ERROR": 1} and not out.interrupted
     st = Storage.open(tmp_path / "res")
     errored = next(t for t in load_trials(st, "err") if t["state"] == "errored")
     trial_dir = tmp_path / "res" / "err" / errored["dir"]
-    # damage the newest checkpoint: resume must fall back to the one before it
-    newest = sorted(trial_dir.glob("checkpoint_*"))[-1] / "checkpoint.pt"
-    newest.write_bytes(newest.read_bytes()[:500])
+    # an errored trial keeps its newest three checkpoints; Tune restores the newest or -- when the worker died
+    # between saving one and reporting it -- the one before: damage both, resume must fall back to the oldest
+    folders = sorted(trial_dir.glob("checkpoint_*"))
+    assert len(folders) == 3, folders
+    for folder in folders[1:]:
+        data = (folder / "checkpoint.pt").read_bytes()
+        (folder / "checkpoint.pt").write_bytes(data[:500])
+    state_file = max((tmp_path / "res" / "err").glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    state["runner_data"]["_cached_trial_decisions"] = {errored["trial_id"]: "STOP"}
+    state_file.write_text(json.dumps(state))
     p = run_cli("status", "--storage", tmp_path / "res", check=0)
     assert "err" in p.stdout and "yes" in p.stdout
     assert main(["resume", "err", "--storage", str(tmp_path / "res")]) == 0
     trials = load_trials(st, "err")
     assert all(t["state"] == "terminated" for t in trials)
     assert final_by_config(tmp_path / "res" / "err") == stress_reference
-    # it restarted from the checkpoint before the damaged one (Ray's checkpoint rotation later replaces both)
+    assert f"trial {errored['trial_id']}: dropped Ray Tune's saved STOP decision" in capsys.readouterr().err
+    # it restarted once, from the oldest kept checkpoint (one every 50 iterations: checkpoint_00000k at 50(k+1))
     reports = load_reports(st, "err", errored["dir"])
     restarts = [(a["iter"], b["iter"]) for a, b in zip(reports, reports[1:]) if b["iter"] <= a["iter"]]
-    assert len(restarts) == 1
-    last_before, first_after = restarts[0]
-    newest_ckpt_iter = last_before // 50 * 50  # checkpoints every 2 reports of 25 iterations
-    assert first_after == newest_ckpt_iter - 50 + 25  # from the checkpoint before the damaged one
+    assert len(restarts) == 1, [r["iter"] for r in reports]
+    assert restarts[0][1] == 50 * (int(folders[0].name.rsplit("_", 1)[1]) + 1) + 25
 
 
 def test_diverging_trial_ends_diverged_and_others_are_unaffected(ray_local, tmp_path, capsys):
