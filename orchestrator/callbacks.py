@@ -12,6 +12,8 @@
   is registered, while the experiment state naming the latest checkpoint reaches storage later (seconds, on S3
   more): a driver lost in between leaves a state whose trial restores from a deleted checkpoint, and `resume`
   fails that trial. Ray therefore keeps every checkpoint (``num_to_keep=None``) and this callback does the pruning.
+  On file-system storage it also keeps adder-sweep's copy of the newest complete experiment state (Ray writes its
+  file in place, so a driver killed mid-write leaves it cut off; `resume` puts the copy back) and prunes by it.
 """
 from __future__ import annotations
 
@@ -160,13 +162,20 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
     which is the newest or -- if its worker died between uploading one more and reporting it -- the second newest
     folder; an errored trial therefore keeps one more, so the registered one always has an earlier one to fall back
     on if it is damaged. A trial the snapshot still records as running keeps every checkpoint: the snapshot may
-    name any of them."""
+    name any of them. On a file system the snapshot is adder-sweep's copy of the newest complete one (STATE_COPY,
+    what `resume` puts back if Ray's file was cut off), refreshed first."""
     from pyarrow.fs import FileSelector, FileType
 
-    from .results.tables import snapshot_trials
+    from .results.tables import keep_state_copy, snapshot_trials
 
+    text = None
+    if storage.is_local:
+        # decide from adder-sweep's copy, which is what `resume` restores if Ray's file is cut off
+        text = keep_state_copy(storage, name, gen_path)
+        if text is None:
+            return set()
     done = set()
-    for t in snapshot_trials(storage, name, gen_path):
+    for t in snapshot_trials(storage, name, gen_path, text=text):
         if t["ray_status"] not in ("TERMINATED", "ERROR") or not t["dir"] or t["trial_id"] in skip \
                 or (only is not None and t["trial_id"] not in only):
             continue
@@ -191,15 +200,15 @@ class CheckpointPruner(Callback):
         self.every = PRUNE_EVERY_S if every_s is None else every_s
         self.finished: set[str] = set()
         self.pruned: set[str] = set()
-        self._last = time.monotonic()
+        self._last = self._copied = time.monotonic()
         self._warned = False
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_warned": False}
+        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_copied": 0.0, "_warned": False}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._last = time.monotonic()
+        self._last = self._copied = time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
@@ -211,6 +220,22 @@ class CheckpointPruner(Callback):
         waiting = self.finished - self.pruned
         if waiting and time.monotonic() - self._last >= self.every:
             self._prune(waiting)
+        elif time.monotonic() - self._copied >= COPY_EVERY_S:
+            self._copy_state()
+
+    def _copy_state(self) -> None:
+        """Refresh adder-sweep's copy of the experiment state (file-system storage only), so a state cut off by
+        a lost driver costs `resume` seconds of progress, not the study."""
+        from .results.tables import keep_state_copy
+        from .storage import Storage
+
+        self._copied = time.monotonic()
+        try:
+            storage = Storage.open(self.storage_root)
+            if storage.is_local:
+                keep_state_copy(storage, self.name, f"gen-{self.generation}" if self.generation else "")
+        except Exception as exc:
+            self._warn(exc)
 
     def on_experiment_end(self, trials, **info):
         self._prune(None)  # every finished trial, also those a run before this one finished
@@ -224,13 +249,17 @@ class CheckpointPruner(Callback):
             self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, gen_path, only,
                                                       skip=self.pruned)
         except Exception as exc:  # storage trouble costs disk space, never the study
-            if not self._warned:
-                self._warned = True
-                print(f"adder-sweep: older checkpoints of finished trials not removed ({type(exc).__name__}: "
-                      f"{exc}); they only take space", file=sys.stderr)
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"adder-sweep: older checkpoints of finished trials not removed, or the experiment state not "
+                  f"copied ({type(exc).__name__}: {exc}); they only take space", file=sys.stderr)
 
 
 PRUNE_EVERY_S = float(os.environ.get("ADDER_SWEEP_PRUNE_EVERY_S", "30"))
+COPY_EVERY_S = 5.0
 
 
 def wait_for_live_pages(timeout: float = 60) -> None:

@@ -324,6 +324,7 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
         print(f"adder-sweep: generation {generation.get('index', 0)} of study {name} has no Ray Tune state yet "
               "(it was stopped before its first trial started); starting it now", file=sys.stderr)
         return build_tuner(spec, name, storage, points=generation.get("points"), gen_path=gen_path, history=history)
+    _repair_state(storage, name, gen_path)
     _check_trial_folders(storage, name)
     _forget_stale_decisions(storage, name, gen_path)
     try:
@@ -332,6 +333,37 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
         raise UserError(f"study {name!r}: Ray Tune cannot restore its state ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); the experiment state files in "
                         f"{storage.uri(name)} may be damaged") from None
+
+
+def _repair_state(storage: Storage, name: str, gen_path: str) -> None:
+    """Ray writes its experiment state in place; on a file system a driver killed mid-write leaves it cut off. Put
+    back adder-sweep's copy of the newest complete one (checkpoints were pruned by that copy, so every checkpoint
+    it names is there), keeping the cut-off file beside it as ``.damaged``. Without a copy, nothing changes and
+    the state is reported unreadable as before."""
+    from .results.tables import experiment_state_path, read_state_copy
+
+    path = experiment_state_path(storage, name, gen_path)
+    if path is None or not storage.is_local:
+        return
+    try:
+        json.loads(storage.read_text(path))["trial_data"]
+        return
+    except (ValueError, KeyError, TypeError):
+        pass
+    copy = read_state_copy(storage, name, gen_path)
+    if copy is None:
+        return
+    folder, damaged = path.rsplit("/", 1)
+    target = f"{folder}/{copy['file']}"
+    if target != path and not storage.exists(target):
+        return  # a copy of a state that is gone: do not guess
+    storage.write_bytes(path + ".damaged", storage.fs.open_input_stream(path).read())
+    storage.delete(path)
+    if target == path:
+        storage.write_text(path, copy["text"])
+    print(f"adder-sweep: {storage.uri(name, gen_path, damaged) if gen_path else storage.uri(name, damaged)} was cut "
+          f"off (its driver died while Ray wrote it; kept as {damaged}.damaged); resuming from adder-sweep's copy of "
+          f"{copy['file']} saved {copy['saved']}", file=sys.stderr)
 
 
 def _forget_stale_decisions(storage: Storage, name: str, gen_path: str) -> None:

@@ -108,8 +108,17 @@ def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsy
     state.write_text(state.read_text().replace("RUNNING", "TERMINATED"))
     pruner.on_step_end(1, [trial])
     assert len(_kept(study)["trial_a"]) == 2 and pruner.pruned == {"a"}
-    state.write_text("{")  # unreadable: a warning
+    copy = json.loads((study / "adder_state_copy.json").read_text())  # what pruning decided from
+    assert copy["file"] == state.name and "TERMINATED" in copy["text"]
+    state.write_text("{")  # cut off mid-write: nothing decided from it, the copy stays, no warning
     pruner.on_experiment_end([trial])
-    assert "older checkpoints of finished trials not removed" in capsys.readouterr().err
+    assert "TERMINATED" in json.loads((study / "adder_state_copy.json").read_text())["text"]
+    assert capsys.readouterr().err == ""
+    state.write_text(copy["text"])
+    (study / "adder_state_copy.json").unlink()
+    (study / "adder_state_copy.json").mkdir()  # storage trouble: one warning, not an exception into Tune
+    pruner.on_experiment_end([trial])
+    pruner.on_experiment_end([trial])
+    assert capsys.readouterr().err.count("older checkpoints of finished trials not removed") == 1
     restored = pickle.loads(pickle.dumps(pruner))
     assert restored.finished == set() and restored.name == "st"

@@ -166,17 +166,32 @@ def _copy_study(src, dst):
     return dst
 
 
-def test_truncated_experiment_state_is_a_clear_error(finished, tmp_path, capsys):
+def test_truncated_experiment_state_is_put_back_from_the_copy_or_a_clear_error(finished, tmp_path, capsys):
+    """Ray writes its experiment state in place: a driver killed mid-write leaves it cut off (the stress run hit
+    it). `resume` puts back adder-sweep's copy; without one it is one clear error and nothing changes."""
     study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
     state = max(study.glob("experiment_state-*.json"))
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    before = sorted(p.name for p in study.iterdir())
-    assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 2
+    whole = state.read_bytes()
+    assert json.loads((study / "adder_state_copy.json").read_text())["file"] == state.name
+    state.write_bytes(whole[: len(whole) // 2])
+    assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 0
+    err = capsys.readouterr().err
+    assert f"{state.name} was cut off" in err and f"kept as {state.name}.damaged" in err, err
+    assert json.loads(state.read_text())["trial_data"]
+    assert (study / f"{state.name}.damaged").read_bytes() == whole[: len(whole) // 2]
+    assert [t["state"] for t in load_trials(Storage.open(tmp_path / "res"), "done")] == ["terminated"] * 4
+
+    other = _copy_study(finished / "res" / "done", tmp_path / "other" / "done")
+    (other / "adder_state_copy.json").unlink()
+    state = max(other.glob("experiment_state-*.json"))
+    state.write_bytes(whole[: len(whole) // 2])
+    before = sorted(p.name for p in other.iterdir())
+    assert main(["resume", "done", "--storage", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert state.name in err and ("unreadable" in err or "cannot restore" in err), err
-    assert main(["status", "--storage", str(tmp_path / "res")]) == 0
+    assert main(["status", "--storage", str(tmp_path / "other")]) == 0
     assert "unreadable" in capsys.readouterr().out
-    assert sorted(p.name for p in study.iterdir()) == before
+    assert sorted(p.name for p in other.iterdir()) == before
 
 
 def test_missing_trial_folder_is_a_clear_error(finished, tmp_path, capsys):

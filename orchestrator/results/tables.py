@@ -121,21 +121,61 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def snapshot_trials(storage: Storage, name: str, gen_path: str = "") -> list[dict[str, Any]]:
+def snapshot_trials(storage: Storage, name: str, gen_path: str = "", text: Optional[str] = None) -> list[dict[str, Any]]:
     """The trials of one generation exactly as its newest experiment-state snapshot on storage holds them -- what
-    `resume` would restore -- without the driver's final_states.json correction (load_trials applies it)."""
-    return _load_generation(storage, name, gen_path, 0, use_final=False)
+    `resume` would restore -- without the driver's final_states.json correction (load_trials applies it); from
+    ``text`` (a snapshot's content, e.g. adder-sweep's copy) if given."""
+    return _load_generation(storage, name, gen_path, 0, use_final=False, text=text)
+
+
+# adder-sweep's copy of the newest complete experiment state, on storage that is a file system (local or shared
+# disk): Ray writes its state there in place, so a driver killed mid-write leaves it cut off (objects in S3/GCS
+# are replaced whole). `resume` puts the copy back; checkpoint pruning decides from the copy only.
+STATE_COPY = "adder_state_copy.json"
+
+
+def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
+    """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None."""
+    path = storage.join(*_under(name, gen_path, STATE_COPY))
+    if not storage.exists(path):
+        return None
+    try:
+        copy = json.loads(storage.read_text(path))
+        json.loads(copy["text"])["trial_data"]
+        return copy
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[str]:
+    """Copy the newest experiment state to STATE_COPY (atomically) if it is complete; returns the copied text, or
+    None (object storage, no state yet, or a state caught mid-write: the previous copy stays)."""
+    import time
+
+    if not storage.is_local:
+        return None
+    path = experiment_state_path(storage, name, gen_path)
+    if path is None:
+        return None
+    try:
+        text = storage.read_text(path)
+        json.loads(text)["trial_data"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    storage.write_text(storage.join(*_under(name, gen_path, STATE_COPY)), json.dumps(
+        {"file": path.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "text": text}))
+    return text
 
 
 def _load_generation(storage: Storage, name: str, gen_path: str, generation: int,
-                     use_final: bool = True) -> list[dict[str, Any]]:
+                     use_final: bool = True, text: Optional[str] = None) -> list[dict[str, Any]]:
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return []
     final = _final_states(storage, name, path, gen_path) if use_final else {}
     where = storage.uri(*_under(name, gen_path, path.rsplit("/", 1)[-1]))
     try:
-        state = json.loads(storage.read_text(path))
+        state = json.loads(storage.read_text(path) if text is None else text)
     except ValueError as exc:
         raise UserError(f"{where}: experiment state is unreadable ({type(exc).__name__}: {exc}); it may be "
                         "truncated. Ray keeps no older copy; the per-trial folders are intact") from None
