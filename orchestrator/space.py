@@ -219,7 +219,7 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
         if key not in STUDY_KEYS:
             hint = did_you_mean(key, STUDY_KEYS)
             if key in specs:
-                hint = f" (training-config keys go under 'space:')"
+                hint = " (training-config keys go under 'space:')"
             bad(str(key), f"unknown study key{hint}")
 
     def get(key, tp, default, check=None):
