@@ -196,21 +196,22 @@ def _state_files(study: Path) -> dict[str, bytes]:
             if p.name.startswith(("experiment_state-", "basic-variant-state-"))}
 
 
-def _running_checkpoint(state_files: dict[str, bytes]) -> tuple[str, int] | None:
+def _running_checkpoint(study: Path, state_files: dict[str, bytes]) -> tuple[str, int] | None:
     """(trial dir, checkpoint index) of the RUNNING trial furthest from its end whose latest result in the newest
     experiment state (the one `resume` restores) names a checkpoint, or None."""
+    from orchestrator.errors import UserError
+    from orchestrator.results.tables import snapshot_trials
+    from orchestrator.storage import Storage
+
     names = [f for f in state_files if f.startswith("experiment_state-")]
     if not names:
         return None
-    found = []
     try:
-        for entry in json.loads(state_files[max(names)])["trial_data"]:
-            t, rt = json.loads(entry[0]), json.loads(entry[1])
-            ckpt = (rt.get("last_result") or {}).get("checkpoint_dir_name")
-            if t.get("status") == "RUNNING" and ckpt:
-                found.append((int(ckpt.rsplit("_", 1)[1]), t["relative_logdir"]))
-    except (ValueError, KeyError, IndexError, TypeError):
+        trials = snapshot_trials(Storage.open(str(study.parent)), study.name, text=state_files[max(names)].decode())
+    except (UserError, ValueError):
         return None  # caught mid-write: look again
+    found = [(int(t["last_result"]["checkpoint_dir_name"].rsplit("_", 1)[1]), t["dir"]) for t in trials
+             if t["ray_status"] == "RUNNING" and t["last_result"].get("checkpoint_dir_name")]
     return (min(found)[1], min(found)[0]) if found else None
 
 
@@ -220,7 +221,7 @@ def _kill_with_stale_state(proc: subprocess.Popen, study: Path, problems: list[s
     snapshot, found = {}, None
     while time.time() < deadline and proc.poll() is None and found is None:
         snapshot = _state_files(study) if study.exists() else {}
-        found = _running_checkpoint(snapshot)
+        found = _running_checkpoint(study, snapshot)
         time.sleep(0.05)
     if found is None:
         problems.append("stale_state: the run ended before its state named a running trial's checkpoint; missed")

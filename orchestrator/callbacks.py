@@ -210,6 +210,10 @@ class CheckpointPruner(Callback):
         self.__dict__.update(state)
         self._last = self._copied = time.monotonic()
 
+    @property
+    def _gen_path(self) -> str:
+        return f"gen-{self.generation}" if self.generation else ""
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
 
@@ -233,7 +237,7 @@ class CheckpointPruner(Callback):
         try:
             storage = Storage.open(self.storage_root)
             if storage.is_local:
-                keep_state_copy(storage, self.name, f"gen-{self.generation}" if self.generation else "")
+                keep_state_copy(storage, self.name, self._gen_path)
         except Exception as exc:
             self._warn(exc)
 
@@ -244,10 +248,9 @@ class CheckpointPruner(Callback):
         from .storage import Storage
 
         self._last = time.monotonic()
-        gen_path = f"gen-{self.generation}" if self.generation else ""
         try:
-            self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, gen_path, only,
-                                                      skip=self.pruned)
+            self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, self._gen_path,
+                                                      only, skip=self.pruned)
         except Exception as exc:  # storage trouble costs disk space, never the study
             self._warn(exc)
 

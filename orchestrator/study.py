@@ -324,9 +324,8 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
         print(f"adder-sweep: generation {generation.get('index', 0)} of study {name} has no Ray Tune state yet "
               "(it was stopped before its first trial started); starting it now", file=sys.stderr)
         return build_tuner(spec, name, storage, points=generation.get("points"), gen_path=gen_path, history=history)
-    _repair_state(storage, name, gen_path)
+    _mend_state(storage, name, gen_path)
     _check_trial_folders(storage, name)
-    _forget_stale_decisions(storage, name, gen_path)
     try:
         return tune.Tuner.restore(uri, trainable=build_trainable(spec), resume_errored=True, storage_filesystem=fs)
     except Exception as exc:  # Ray raises plain Exceptions/ValueErrors for damaged state files
@@ -335,63 +334,56 @@ def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, g
                         f"{storage.uri(name)} may be damaged") from None
 
 
-def _repair_state(storage: Storage, name: str, gen_path: str) -> None:
-    """Ray writes its experiment state in place; on a file system a driver killed mid-write leaves it cut off. Put
-    back adder-sweep's copy of the newest complete one (checkpoints were pruned by that copy, so every checkpoint
-    it names is there), keeping the cut-off file beside it as ``.damaged``. Without a copy, nothing changes and
-    the state is reported unreadable as before."""
-    from .results.tables import experiment_state_path, read_state_copy
+def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
+    """Two repairs of Ray Tune's newest experiment state before ``Tuner.restore`` reads it, each said in one line:
 
-    path = experiment_state_path(storage, name, gen_path)
-    if path is None or not storage.is_local:
-        return
-    try:
-        json.loads(storage.read_text(path))["trial_data"]
-        return
-    except (ValueError, KeyError, TypeError):
-        pass
-    copy = read_state_copy(storage, name, gen_path)
-    if copy is None:
-        return
-    folder, damaged = path.rsplit("/", 1)
-    target = f"{folder}/{copy['file']}"
-    if target != path and not storage.exists(target):
-        return  # a copy of a state that is gone: do not guess
-    storage.write_bytes(path + ".damaged", storage.fs.open_input_stream(path).read())
-    storage.delete(path)
-    if target == path:
-        storage.write_text(path, copy["text"])
-    print(f"adder-sweep: {storage.uri(name, gen_path, damaged) if gen_path else storage.uri(name, damaged)} was cut "
-          f"off (its driver died while Ray wrote it; kept as {damaged}.damaged); resuming from adder-sweep's copy of "
-          f"{copy['file']} saved {copy['saved']}", file=sys.stderr)
-
-
-def _forget_stale_decisions(storage: Storage, name: str, gen_path: str) -> None:
-    """Ray Tune saves the scheduling decisions it holds for running trials in its experiment state, and acts on
-    them after a restore: a trial whose worker died while a checkpoint was being saved leaves a STOP there, and the
-    restored trial was then stopped -- and recorded as finished -- at its first checkpoint, with exit code 0. They
-    were about the previous driver's actors, all gone: clear them before Tune reads the state."""
-    from .results.tables import experiment_state_path
+    * cut off: Ray writes it in place, so on a file system a driver killed mid-write leaves it truncated. Put back
+      adder-sweep's copy of the newest complete one (checkpoints were pruned by that copy, so every checkpoint it
+      names is there), keeping the cut-off file as ``.damaged``. Without a copy nothing changes, and the state is
+      reported unreadable as before.
+    * stale decisions: Ray saves the scheduling decisions it holds for running trials and acts on them after a
+      restore. A trial whose worker died while a checkpoint was being saved leaves a STOP, and the restored trial
+      was then stopped -- and recorded as finished -- at its first checkpoint, with exit code 0. They were about the
+      previous driver's actors, all gone: clear them."""
+    from .results.tables import _under, experiment_state_path, read_state_copy, state_is_complete
 
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return
+    folder, file = path.rsplit("/", 1)
+    with storage.fs.open_input_stream(path) as f:
+        raw = f.read()
+    text = raw.decode(errors="replace")  # a cut may split a character
+    changed = False
+    if not state_is_complete(text) and storage.is_local:
+        copy = read_state_copy(storage, name, gen_path)
+        if copy is None or (copy["file"] != file and not storage.exists(f"{folder}/{copy['file']}")):
+            return  # no copy, or a copy of a state that is gone: do not guess
+        storage.write_bytes(path + ".damaged", raw)
+        storage.delete(path)
+        print(f"adder-sweep: {storage.uri(*_under(name, gen_path, file))} was cut off (its driver died while Ray "
+              f"wrote it; kept as {file}.damaged); resuming from adder-sweep's copy of {copy['file']} saved "
+              f"{copy['saved']}", file=sys.stderr)
+        if copy["file"] != file:
+            return  # Ray restores the older state the copy was taken from
+        text, changed = copy["text"], True
     try:
-        state = json.loads(storage.read_text(path))
+        state = json.loads(text)
         runner = state["runner_data"]
         stale = {k: runner[k] for k in ("_cached_trial_decisions", "_queued_trial_decisions") if runner.get(k)}
     except (ValueError, KeyError, TypeError):
         return  # not the shape this knows: Tuner.restore reports a damaged state
-    if not stale:
-        return
     for key, decisions in stale.items():
         for trial_id, decision in decisions.items():
-            if decision not in ("STOP", "PAUSE"):
-                continue  # CONTINUE: harmless, cleared with the rest
-            print(f"adder-sweep: trial {trial_id}: dropped Ray Tune's saved {decision} decision from the previous "
-                  "run (it would have halted the resumed trial at its next checkpoint)", file=sys.stderr)
+            if decision in ("STOP", "PAUSE"):  # CONTINUE is harmless; cleared with the rest
+                print(f"adder-sweep: trial {trial_id}: dropped Ray Tune's saved {decision} decision from the "
+                      "previous run (it would have halted the resumed trial at its next checkpoint)",
+                      file=sys.stderr)
         runner[key] = {}
-    storage.write_text(path, json.dumps(state))
+    if stale:
+        text, changed = json.dumps(state), True
+    if changed:
+        storage.write_text(path, text)
 
 
 def _check_trial_folders(storage: Storage, name: str) -> None:

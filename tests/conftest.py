@@ -56,6 +56,22 @@ def require(ok: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def trial_processes():
+    """(pid, working directory, trial folder name) of every Ray Tune trial running on this machine now -- a netns
+    "host" of tests/hosts.py included: Tune runs a trial in .../working_dirs/<trial folder>. Tests use it to hit a
+    trial mid-run; its reports reach storage only at the driver's next sync, too late on a fast machine."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        parent, _, trial = cwd.rpartition("/")
+        if parent.endswith("/working_dirs"):
+            yield int(proc.name), cwd, trial
+
+
 def run_cli(*args, cwd=None, timeout=300, env=None, check=None):
     """Run ``python -m orchestrator ARGS`` in a subprocess; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, "-m", "orchestrator", *map(str, args)], cwd=cwd or ROOT,

@@ -9,7 +9,8 @@ from orchestrator.space import parse_space
 SPACE = "space:\n  cell: {grid: [rnn, gru]}\n  digits: 3\n  iters: 100\n  eval_every: 20\n"
 
 
-def test_live_page_is_drawn_from_memory_only(tmp_path):
+def _live_study(tmp_path):
+    """A study record, a LivePage callback on it, and two started trials (rnn, gru)."""
     spec = parse_space(SPACE, "live.yaml")
     study = tmp_path / "live"
     study.mkdir()
@@ -19,6 +20,11 @@ def test_live_page_is_drawn_from_memory_only(tmp_path):
                                                          "_continues": ""}) for i, c in enumerate(["rnn", "gru"])]
     for t in trials:
         cb.on_trial_start(0, trials, t)
+    return study, cb, trials
+
+
+def test_live_page_is_drawn_from_memory_only(tmp_path):
+    study, cb, trials = _live_study(tmp_path)
     for it in (20, 40):
         for t in trials:
             cb.on_trial_result(0, trials, t, {"iter": it, "loss": 2.0 / it, "exact_acc": it / 100, "digit_acc": 0.5,
@@ -36,15 +42,7 @@ def test_live_page_is_drawn_from_memory_only(tmp_path):
 def test_live_page_with_an_errored_trial_is_written(tmp_path, capsys):
     """A trial that ends in error has no folder or error file in the driver's memory: the page says so rather
     than failing (it once raised TypeError on the missing values and was left stale)."""
-    spec = parse_space(SPACE, "live.yaml")
-    study = tmp_path / "live"
-    study.mkdir()
-    (study / "adder_study.json").write_text(json.dumps({"name": "live", "spec": spec.to_json(), "runs": []}))
-    cb = LivePage("live", str(tmp_path), spec.to_json(), every_s=0)
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={"cell": c, "digits": 3, "iters": 100, "eval_every": 20,
-                                                         "_continues": ""}) for i, c in enumerate(["rnn", "gru"])]
-    for t in trials:
-        cb.on_trial_start(0, trials, t)
+    study, cb, trials = _live_study(tmp_path)
     cb.on_trial_result(0, trials, trials[1], {"iter": 20, "loss": 0.1, "exact_acc": 1.0, "digit_acc": 1.0,
                                               "status": "budget", "time_total_s": 2.0})
     cb.on_trial_complete(0, trials, trials[1])

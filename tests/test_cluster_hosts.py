@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, trial_processes
 from tests.hosts import BIN, WORKER_HOSTNAME, TwoHosts, prerequisites, read_json_lines
 
 pytestmark = pytest.mark.slow
@@ -117,21 +117,11 @@ def test_job_submit_runs_the_study_on_both_hosts_with_tables_on_s3(hosts, refere
 
 
 def _trial_on_worker_host(h):
-    """The trial the worker host runs now: Tune runs a trial in .../working_dirs/<trial folder> under that node's
-    --temp-dir (tests/hosts.py). Reports reach S3 only at the driver's next sync, too late on a fast machine."""
-    import os
+    """The trial the worker host runs now (its node's --temp-dir is under h.ray_tmp/w<n>, tests/hosts.py)."""
     import re
-    from pathlib import Path
 
-    pattern = re.compile(re.escape(str(h.ray_tmp)) + r"/w\d+/.*/working_dirs/(trial_[^/]+)$")
-    for proc in Path("/proc").iterdir():
-        try:
-            m = proc.name.isdigit() and pattern.match(os.readlink(proc / "cwd"))
-        except OSError:
-            continue
-        if m:
-            return m.group(1)
-    return None
+    pattern = re.compile(re.escape(str(h.ray_tmp)) + r"/w\d+/")
+    return next((trial for _, cwd, trial in trial_processes() if pattern.match(cwd)), None)
 
 
 def _this_host():

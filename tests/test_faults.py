@@ -4,7 +4,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +12,7 @@ from benchmarks.stress_resume import SPACE, final_by_config, run_scenario
 from orchestrator.cli import main
 from orchestrator.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
-from tests.conftest import run_cli, run_study, write_space
+from tests.conftest import run_cli, run_study, trial_processes, write_space
 from trainables import TrainConfig, train
 
 
@@ -31,19 +30,6 @@ def test_driver_killed_twice_then_resumed(stress_reference, tmp_path):
     assert len(kept) == 4 and all(names == ["checkpoint_000006", "checkpoint_000007"] for names in kept.values()), kept
 
 
-def _worker_of(trial: str) -> int | None:
-    """The pid of the Ray worker running ``trial`` now: Tune runs a trial in its own working directory
-    (.../working_dirs/<trial folder>)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and os.readlink(proc / "cwd").endswith(f"/working_dirs/{trial}") \
-                    and (proc / "cmdline").read_bytes().startswith(b"ray::"):
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
-
-
 def _kill_worker_when(study_dir, checkpoint_index, killed):
     """Background thread: SIGKILL the worker of the first trial whose checkpoint ``checkpoint_index`` is on
     storage. Checkpoints land there as they are written (reports reach result.json only at the driver's next
@@ -52,7 +38,7 @@ def _kill_worker_when(study_dir, checkpoint_index, killed):
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             for ckpt in study_dir.glob(f"trial_*/checkpoint_{checkpoint_index:06d}"):
-                pid = _worker_of(ckpt.parent.name)
+                pid = next((pid for pid, _, t in trial_processes() if t == ckpt.parent.name), None)
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
                     killed.append((ckpt.parent.name, pid))

@@ -134,6 +134,14 @@ def snapshot_trials(storage: Storage, name: str, gen_path: str = "", text: Optio
 STATE_COPY = "adder_state_copy.json"
 
 
+def state_is_complete(text: str) -> bool:
+    """Whether an experiment-state file's text parses as one (not cut off mid-write)."""
+    try:
+        return isinstance(json.loads(text)["trial_data"], list)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
     """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None."""
     path = storage.join(*_under(name, gen_path, STATE_COPY))
@@ -141,8 +149,7 @@ def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional
         return None
     try:
         copy = json.loads(storage.read_text(path))
-        json.loads(copy["text"])["trial_data"]
-        return copy
+        return copy if state_is_complete(copy["text"]) else None
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -159,8 +166,9 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional
         return None
     try:
         text = storage.read_text(path)
-        json.loads(text)["trial_data"]
-    except (ValueError, KeyError, TypeError, OSError):
+    except (OSError, ValueError):  # ValueError: cut inside a character
+        return None
+    if not state_is_complete(text):
         return None
     storage.write_text(storage.join(*_under(name, gen_path, STATE_COPY)), json.dumps(
         {"file": path.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "text": text}))
