@@ -360,19 +360,19 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
         if copy is None or (copy["file"] != file and not storage.exists(f"{folder}/{copy['file']}")):
             return  # no copy, or a copy of a state that is gone: do not guess
         storage.write_bytes(path + ".damaged", raw)
-        storage.delete(path)
         print(f"adder-sweep: {storage.uri(*_under(name, gen_path, file))} was cut off (its driver died while Ray "
               f"wrote it; kept as {file}.damaged); resuming from adder-sweep's copy of {copy['file']} saved "
               f"{copy['saved']}", file=sys.stderr)
         if copy["file"] != file:
-            return  # Ray restores the older state the copy was taken from
+            storage.delete(path)  # Ray restores the older state the copy was taken from
+            return
         text, changed = copy["text"], True
     try:
         state = json.loads(text)
         runner = state["runner_data"]
         stale = {k: runner[k] for k in ("_cached_trial_decisions", "_queued_trial_decisions") if runner.get(k)}
     except (ValueError, KeyError, TypeError):
-        return  # not the shape this knows: Tuner.restore reports a damaged state
+        stale = {}  # not the shape this knows: Tuner.restore reports a damaged state
     for key, decisions in stale.items():
         for trial_id, decision in decisions.items():
             if decision in ("STOP", "PAUSE"):  # CONTINUE is harmless; cleared with the rest
