@@ -146,7 +146,7 @@ class Claim:
             pass
 
 
-def claim_new_study(storage: Storage, name: str, *, create_parent: bool) -> Claim:
+def claim_new_study(storage: Storage, name: str) -> Claim:
     """Claim the name of a study that does not exist yet, atomically where the storage allows; creates its
     directory. UserError if the name is taken (by an existing study or a racing driver)."""
     taken = UserError(f"study {name!r} already exists under {storage.root}; continue it with "
@@ -154,8 +154,7 @@ def claim_new_study(storage: Storage, name: str, *, create_parent: bool) -> Clai
     claim = Claim(storage, name)
     if storage.is_local:
         study_dir = storage.join(name)
-        if create_parent:
-            os.makedirs(storage.path, exist_ok=True)
+        os.makedirs(storage.path, exist_ok=True)  # made by check_writable; a racing driver may share it
         try:
             os.mkdir(study_dir)  # atomic: exactly one of two racing drivers creates it
         except FileExistsError:

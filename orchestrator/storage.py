@@ -5,6 +5,7 @@ All reads and writes of study records go through pyarrow.fs, so a shared path an
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,19 +124,18 @@ class Storage:
         infos = self.fs.get_file_info(_pafs().FileSelector(self.path, recursive=False))
         return sorted(i.base_name for i in infos if i.type == _pafs().FileType.Directory)
 
-    def check_writable(self, create: bool = False) -> None:
-        """Fail before anything starts if studies cannot be written here. A local path must exist unless
-        ``create`` (the default storage): a mistyped --storage should not grow a new tree silently."""
+    def check_writable(self) -> Optional[str]:
+        """Fail before anything starts if studies cannot be written here. A missing local directory is created
+        with its parents, as Ray, MLflow and TensorBoard create theirs, and said on stderr; returns the topmost
+        directory it created (None if it made none), so that a launch refused later can take it back."""
         if self.is_local:
             from .records import check_writable_dir
 
             path = Path(self.path)
             if path.exists() and not path.is_dir():
                 raise UserError(f"--storage {self.root}: is a file, not a directory")
-            if not path.exists() and not create:
-                raise UserError(f"--storage {self.root}: no such directory; create it (mkdir -p {self.root}) "
-                                "or choose an existing one")
             check_writable_dir(path, "--storage")
+            top = _topmost_missing(path)
             # as root, permission bits say little: write a probe file for real
             probe = path / f".adder-sweep-probe-{uuid.uuid4().hex}"
             try:
@@ -143,8 +143,12 @@ class Storage:
                 probe.write_bytes(b"ok")
                 probe.unlink()
             except OSError as exc:
-                raise UserError(f"--storage {self.root}: not writable ({exc.strerror})") from None
-            return
+                self.remove_if_empty(top)
+                what = "cannot create it" if top else "not writable"
+                raise UserError(f"--storage {self.root}: {what} ({exc.strerror})") from None
+            if top is not None:
+                print(f"adder-sweep: created the storage folder {self.root}", file=sys.stderr)
+            return top
         probe = self.join(f".adder-sweep-probe-{uuid.uuid4().hex}")
         try:
             self.fs.create_dir(self.path, recursive=True)
@@ -153,6 +157,29 @@ class Storage:
             self.fs.delete_file(probe)
         except Exception as exc:
             raise UserError(f"--storage {self.root}: not writable ({exc})") from None
+        return None
+
+    def remove_if_empty(self, top: Optional[str]) -> None:
+        """Take back the directories ``check_writable`` created (``top`` and below), if nothing was written there."""
+        if top is None or not self.is_local:
+            return
+        for folder in sorted((p for p in Path(top).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+        try:
+            Path(top).rmdir()
+        except OSError:
+            pass
+
+
+def _topmost_missing(path: Path) -> Optional[str]:
+    """The highest directory of ``path`` (itself included) that does not exist yet, or None."""
+    top = None
+    while not path.exists():
+        top, path = path, path.parent
+    return None if top is None else str(top)
 
 
 def study_location(name_or_path: str, storage_root: str) -> tuple[Storage, str]:

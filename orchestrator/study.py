@@ -106,17 +106,34 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def check_fits(spec: StudySpec) -> None:
-    """A trial that can never be scheduled would leave the study pending forever: say so instead."""
-    import ray
+def check_fits(spec: StudySpec, nodes: Optional[list[dict]] = None) -> None:
+    """A trial that no node can hold would leave the study pending forever: say so instead. Ray places all of a
+    trial's resources on one node, so the test is against each alive node's resources, not the cluster's totals
+    (two 1-CPU nodes cannot run a 2-CPU trial). ``nodes``: ``ray.nodes()`` as Ray returns it (default: ask)."""
+    if nodes is None:
+        import ray
 
-    total = ray.cluster_resources()
+        nodes = ray.nodes()
+    alive = [(f"{n.get('NodeManagerAddress', '?')} ({n.get('NodeID', '?')[:8]})", n.get("Resources") or {})
+             for n in nodes if n.get("Alive")]
     cpu, gpu = spec.resources["cpu"], spec.resources["gpu"]
-    if gpu > total.get("GPU", 0):
-        raise UserError(f"resources: a trial asks for {gpu:g} GPU but the Ray cluster has {total.get('GPU', 0):g}; "
-                        "use --gpus-per-trial 0 or connect to a cluster with GPUs (--address)")
-    if cpu > total.get("CPU", 0):
-        raise UserError(f"resources: a trial asks for {cpu:g} CPUs but the Ray cluster has {total.get('CPU', 0):g}")
+    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for _, r in alive):
+        return
+    if not alive:
+        raise UserError("resources: the Ray cluster lists no alive node to run trials on")
+    for kind, asked, unit, hint in (("GPU", gpu, "GPU", "use --gpus-per-trial 0 or connect to a cluster with GPUs "
+                                     "(--address)"), ("CPU", cpu, "CPUs", "use a smaller --cpus-per-trial")):
+        if all(r.get(kind, 0) < asked for _, r in alive):
+            host, most = max(((h, r.get(kind, 0)) for h, r in alive), key=lambda a: a[1])
+            total = sum(r.get(kind, 0) for _, r in alive)
+            if len(alive) == 1:
+                raise UserError(f"resources: a trial asks for {asked:g} {unit} but the Ray cluster has {most:g}; "
+                                f"{hint}")
+            raise UserError(f"resources: a trial asks for {asked:g} {unit} but the largest of the cluster's "
+                            f"{len(alive)} nodes ({host}) has {most:g} ({total:g} in all; a trial's resources "
+                            f"must fit on one node); {hint}")
+    raise UserError(f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPU on one node, and no node of the Ray "
+                    "cluster has both; use a smaller --cpus-per-trial or --gpus-per-trial")
 
 
 def trial_resources(spec: StudySpec) -> dict:
@@ -253,7 +270,7 @@ def _connect_and_probe(address: Optional[str], storage: Storage, spec: StudySpec
 
 
 def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root: str, address: Optional[str],
-           file_spec: StudySpec, create_storage: bool = True, runtime_env: Optional[dict] = None,
+           file_spec: StudySpec, runtime_env: Optional[dict] = None,
            ship_code: Optional[bool] = None, stopper: Optional[Stopper] = None) -> Outcome:
     """Start a new study. ``spec`` has the command-line overrides applied; ``file_spec`` is the file as written."""
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -263,10 +280,14 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
     if storage.exists(storage.join(name)):
         raise UserError(f"study {name!r} already exists under {storage.root}; continue it with "
                         f"`adder-sweep resume {name}{storage.flag()}`, or pick another --name")
-    storage.check_writable(create=create_storage)
-    conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
+    created = storage.check_writable()
     try:
-        claim = claim_new_study(storage, name, create_parent=create_storage)
+        conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
+    except BaseException:
+        storage.remove_if_empty(created)  # a refused launch leaves nothing behind, not even the folder it made
+        raise
+    try:
+        claim = claim_new_study(storage, name)
         try:
             tuner = build_tuner(spec, name, storage)
             record = {

@@ -128,7 +128,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with Stopper() as stopper:
         try:
             outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address,
-                             file_spec=file_spec, create_storage=args.storage == DEFAULT_STORAGE,
+                             file_spec=file_spec,
                              runtime_env=runtime_env, ship_code=args.ship_code, stopper=stopper)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
             return _stopped_before_start(stopper)

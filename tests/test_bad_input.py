@@ -25,7 +25,6 @@ CASES = [
     (["sweep", QUICK, "--cpus-per-trial", "-1"], "--cpus-per-trial -1: must be >= 0"),
     (["sweep", QUICK, "--max-concurrent", "0"], "--max-concurrent 0: must be >= 1"),
     (["sweep", QUICK, "--cpus-per-trial", "0"], "--cpus-per-trial 0: a trial without a GPU needs some CPU"),
-    (["sweep", QUICK, "--storage", "nowhere/studies"], "--storage"),
     (["sweep", QUICK, "--storage", "FILE"], "is a file, not a directory"),
     (["sweep", QUICK, "--storage", "/proc/adder-sweep-test"], "--storage /proc/adder-sweep-test"),
     # resume / status / report
@@ -67,6 +66,26 @@ def test_bad_command_line(tmp_path, monkeypatch, capsys, argv, message):
     assert message in err[0], err[0]
     assert tree(tmp_path) == before
     assert not os.path.exists("/proc/adder-sweep-test")
+
+
+def test_a_missing_storage_folder_is_created_and_said(ray_local, tmp_path, monkeypatch, capsys):
+    """Like Ray, MLflow and TensorBoard, a sweep creates its storage (with parents) and says where; a launch refused
+    after that takes the folder back, and a path that cannot be created stays one line."""
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "one.yaml"
+    space.write_text("# one tiny trial\nname: one\nspace: {digits: 3, iters: 20, eval_every: 10, eval_size: 50}\n")
+    assert main(["sweep", str(space), "--storage", "new/studies", "--name", "s"]) == 0
+    err = capsys.readouterr().err
+    assert f"adder-sweep: created the storage folder {tmp_path / 'new' / 'studies'}" in err, err
+    assert (tmp_path / "new" / "studies" / "s" / "trials.parquet").is_file()
+    assert main(["sweep", str(space), "--storage", "other/studies", "--gpus-per-trial", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "asks for 1 GPU but the Ray cluster has 0" in err[-1] and not (tmp_path / "other").exists(), err
+    (tmp_path / "blocker").write_text("x")
+    assert main(["sweep", str(space), "--storage", "blocker/studies"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"--storage {tmp_path / 'blocker' / 'studies'}: {tmp_path / 'blocker'} is not a " \
+                               "directory" in err[0], err
 
 
 def test_gpu_request_on_a_cpu_machine_fails_before_any_trial(ray_local, tmp_path, capsys):

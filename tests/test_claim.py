@@ -24,7 +24,7 @@ from orchestrator.errors import UserError
 from orchestrator.storage import Storage
 time.sleep(max(0.0, {start} - time.time()))
 try:
-    claim_new_study(Storage.open({storage!r}), "race", create_parent=True)
+    claim_new_study(Storage.open({storage!r}), "race")
     print("won")
 except UserError as exc:
     print("lost:", exc)
@@ -123,7 +123,7 @@ def test_force_takes_over_at_once(tmp_path, monkeypatch):
 def test_a_driver_whose_claim_was_taken_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(claims, "BEAT_EVERY_S", 0.2)
     st = Storage.open(tmp_path)
-    mine = claims.claim_new_study(st, "s", create_parent=False)
+    mine = claims.claim_new_study(st, "s")
     lost = []
     mine.start_heartbeat(lost.append)
     time.sleep(0.7)

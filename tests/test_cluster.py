@@ -2,6 +2,7 @@
 real Ray: clusters started with `ray start --head` as users start them, each with its own temp dir and token file."""
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -228,6 +229,15 @@ def test_ray_start_cluster_via_ray_address_with_auth_detected(tmp_path, token_mo
             st = Storage.open(storage)
             nodes = {r["node"] for t in load_trials(st, "c") for r in load_reports(st, "c", t["dir"])}
             assert len(nodes) == 2, nodes
+            # a trial that fits the cluster's 2 CPUs in all but no single node: refused, not pending forever
+            p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "big",
+                                "--storage", str(storage), "--cpus-per-trial", "2"], capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path, env=_driver_env(mine, RAY_ADDRESS=head.address))
+            assert p.returncode == 2, p.stderr[-3000:]
+            assert re.search(r"a trial asks for 2 CPUs but the largest of the cluster's 2 nodes \(\S+ \(\w{8}\)\) has 1 "
+                             r"\(2 in all; a trial's resources must fit on one node\)", p.stderr), p.stderr
+            assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+            assert not (storage / "big").exists()
         if token_mode:  # and without the cluster's token: one line with the variable to set, nothing created
             p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "d",
                                 "--storage", str(storage), "--address", head.address], capture_output=True,
@@ -238,6 +248,31 @@ def test_ray_start_cluster_via_ray_address_with_auth_detected(tmp_path, token_mo
             assert not (storage / "d").exists()
     finally:
         head.stop()
+
+
+def test_a_trial_must_fit_on_one_node_not_on_the_cluster_totals():
+    """check_fits decides from each alive node's resources as ray.nodes() lists them (the CPU case runs on a real
+    two-node cluster above; GPU nodes cannot be started here)."""
+    from orchestrator.space import parse_space
+    from orchestrator.study import check_fits
+
+    def node(ip, cpu, gpu=0, alive=True):
+        return {"NodeManagerAddress": ip, "NodeID": "f" * 56, "Alive": alive,
+                "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+
+    two_gpus = parse_space("resources: {cpu: 1, gpu: 2}\nspace: {digits: 5}\n", "g.yaml")
+    with pytest.raises(UserError, match=r"asks for 2 GPU but the largest of the cluster's 2 nodes \(10\.0\.0\.1 "
+                                        r"\(ffffffff\)\) has 1 \(2 in all; a trial's resources must fit on one node\)"):
+        check_fits(two_gpus, [node("10.0.0.1", 8, 1), node("10.0.0.2", 16, 1)])
+    check_fits(two_gpus, [node("10.0.0.1", 8, 1), node("10.0.0.2", 2, 2)])  # one node holds it
+    with pytest.raises(UserError, match="asks for 2 GPU but the largest"):  # a dead node offers nothing
+        check_fits(two_gpus, [node("10.0.0.1", 8, 1), node("10.0.0.2", 2, 2, alive=False), node("10.0.0.3", 1)])
+    both = parse_space("resources: {cpu: 4, gpu: 1}\nspace: {digits: 5}\n", "b.yaml")
+    with pytest.raises(UserError, match="asks for 4 CPUs and 1 GPU on one node, and no node of the Ray cluster has "
+                                        "both"):
+        check_fits(both, [node("10.0.0.1", 8), node("10.0.0.2", 2, 1)])
+    with pytest.raises(UserError, match="asks for 4 CPUs but the Ray cluster has 2; use a smaller --cpus-per-trial"):
+        check_fits(both.with_overrides(gpus=0), [node("10.0.0.1", 2)])
 
 
 def test_the_tests_never_touch_the_users_ray_token(ray_local):

@@ -325,3 +325,36 @@ def test_exported_study_reports_from_its_tables_alone(root, study, tmp_path):
     (export / "metrics.parquet").unlink()
     r = run_cli("report", export, "--no-plots", check=2)
     assert r.stderr.strip().count("\n") == 0 and "nothing to tabulate" in r.stderr
+
+
+@pytest.mark.parametrize("kind,args", [("loguniform", [1e-4, 1e-2]), ("uniform", [-1.0, 3.0]), ("randint", [1, 1000]),
+                                       ("qrandint", [8, 512, 8]), ("quniform", [0.0, 1.0, 0.01]),
+                                       ("loguniform", [1e-9, 1e3])])
+def test_pivot_bins_stay_inside_the_values_the_trials_had(kind, args):
+    """pd.qcut widened the first bin below the minimum: a loguniform lr over [1e-4, 1e-2] printed its first bin as
+    -0.000899..0.000265. Every bin edge, as printed, lies within the values drawn, and so within the range."""
+    import numpy as np
+
+    from orchestrator.plan import draw
+    from orchestrator.space import Dist
+
+    rng = np.random.default_rng(0)
+    values = pd.Series([draw(Dist(kind, args), rng) for _ in range(1000)])
+    labels = report.levels(values)
+    assert labels.nunique() == 5 and labels.notna().all()
+    edges = [tuple(map(float, label.split(".."))) for label in labels.cat.categories]
+    assert all(values.min() <= a <= b <= values.max() for a, b in edges), (edges, values.min(), values.max())
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(edges, edges[1:])), edges  # in order, not overlapping
+    for value, label in zip(values, labels):  # each value in its bin, up to the label's 3-digit rounding
+        a, b = map(float, label.split(".."))
+        assert a - 5e-3 * abs(a) <= value <= b + 5e-3 * abs(b), (value, label)
+
+
+def test_edge_note_counts_qrandints_upper_bound_as_drawn():
+    """qrandint draws include its upper bound (orchestrator/plan.py, as Tune's); randint's is exclusive."""
+    from orchestrator.space import parse_space
+
+    spec = parse_space("space:\n  hidden: {qrandint: [16, 128, 16]}\n  layers: {randint: [1, 4]}\n", "e.yaml")
+    assert report.edge_note(spec, "hidden", 128) is not None and "upper edge" in report.edge_note(spec, "hidden", 128)
+    assert report.edge_note(spec, "hidden", 64) is None
+    assert "upper edge" in report.edge_note(spec, "layers", 3)  # 3 is randint [1, 4)'s largest draw

@@ -75,7 +75,7 @@ def test_unwritable_storage_fails_before_ray(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["sweep", str(ROOT / "search_spaces" / "quick.yaml"), "--storage", str(blocker / "sub")]) == 2
-    assert "file/sub: no such directory" in capsys.readouterr().err
+    assert f"file/sub: {blocker} is not a directory" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["file"]
 
 

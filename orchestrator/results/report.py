@@ -147,12 +147,36 @@ def default_keys(study: Study) -> list[str]:
     return [k for k in keys if k in study.trials.columns and study.trials[k].nunique(dropna=True) > 1] or keys
 
 
-def levels(series: pd.Series) -> pd.Series:
-    """Group labels for a key: its values, or quantile bins for a numeric key with many distinct values."""
-    if pd.api.types.is_numeric_dtype(series) and series.nunique(dropna=True) > MAX_LEVELS:
-        bins = pd.qcut(series, q=5, duplicates="drop")
-        return bins.cat.rename_categories([f"{iv.left:.3g}..{iv.right:.3g}" for iv in bins.cat.categories])
-    return series
+def log_scaled(spec: StudySpec, key: str) -> bool:
+    """A key drawn on a log scale (``loguniform``): binned, coloured and plotted by its logarithm."""
+    dist = spec.space.get(key)
+    return isinstance(dist, Dist) and dist.kind == "loguniform"
+
+
+def levels(series: pd.Series, bins: int = 5) -> pd.Series:
+    """Group labels for a key: its values, or -- for a numeric key with many distinct values -- ``bins`` quantile
+    bins, each labelled ``lo..hi`` by the smallest and largest value it holds, so no label reaches outside the
+    values the trials had (pd.qcut's edges do: it widens the first bin below the minimum, which printed a negative
+    learning rate for a loguniform lr). Quantiles of a value are quantiles of its logarithm, so a loguniform key
+    gets equal-count bins on its log scale too."""
+    if not pd.api.types.is_numeric_dtype(series) or series.nunique(dropna=True) <= MAX_LEVELS:
+        return series
+    values = series.astype(float)
+    codes = pd.qcut(values.rank(method="min"), q=bins, labels=False, duplicates="drop")  # ties share a bin
+    low, high = float(values.min()), float(values.max())
+    labels = {code: f"{_inside(member.min(), low, high)}..{_inside(member.max(), low, high)}"
+              for code, member in values.groupby(codes)}
+    ordered = [labels[c] for c in sorted(labels)]
+    return pd.Series(pd.Categorical(codes.map(labels), categories=ordered, ordered=True), index=series.index)
+
+
+def _inside(v: float, low: float, high: float) -> str:
+    """``v`` in 3 significant digits, or in as many more as keep the printed number inside [low, high]."""
+    for digits in (3, 4, 6, 9, 17):
+        text = f"{v:.{digits}g}"
+        if low <= float(text) <= high:
+            return text
+    return repr(float(v))
 
 
 def fmt(v: Any) -> str:
@@ -189,8 +213,8 @@ def edge_note(spec: StudySpec, key: str, value: Any) -> Optional[str]:
             return f"{key}={fmt(value)} is the highest value of its range {vals}; try higher values"
         return None
     lo, hi = dist.args[0], dist.args[1]
-    if dist.kind in ("randint", "qrandint"):
-        hi = hi - 1  # hi is exclusive
+    if dist.kind == "randint":
+        hi = hi - 1  # hi is exclusive (qrandint's is inclusive, as Tune's and orchestrator/plan.py draw it)
     if dist.kind == "loguniform":
         pos = (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
     else:
