@@ -22,10 +22,45 @@ import os
 import sys
 import threading
 import time
+from ray.tune import CLIReporter
 from ray.tune.callback import Callback
 from ray.tune.logger import TBXLoggerCallback
 
 HPARAM_METRICS = ("exact_acc", "digit_acc", "loss", "iter", "iters_to_solve", "lr")
+
+
+class StudyReporter(CLIReporter):
+    """Ray's live table with the study's own columns (``live_columns``), and the study's folder where Ray names
+    its session's temp folder (``Result logdir: /tmp/ray/session_.../driver_artifacts``), which holds nothing a
+    user looks for."""
+
+    def __init__(self, parameter_columns: list[str], metric_columns: list[str], study_uri: str):
+        super().__init__(parameter_columns=parameter_columns, metric_columns=metric_columns,
+                         max_report_frequency=15, sort_by_metric=False)
+        self.study_uri = study_uri
+
+    def report(self, trials, done: bool, *sys_info: str):
+        lines, said = [], False
+        for line in self._progress_str(trials, done, *sys_info).split("\n"):
+            if line.startswith("Result logdir: "):
+                if not said:
+                    lines.append(f"Study folder: {self.study_uri}")
+                said = True
+                continue
+            lines.append(line)
+        self._print("\n".join(lines))
+
+
+def live_columns(spec) -> tuple[list[str], list[str]]:
+    """The live table's (parameter, metric) columns: the study's swept keys, the seed when it has replicates,
+    and the iteration, the loss and the study's metric."""
+    from .plan import seeds
+
+    params = [k for k in spec.swept_keys() if k != "seed"]
+    if "seed" in spec.swept_keys() or len(seeds(spec)) > 1 or not params:
+        params.append("seed")  # (and never an empty list: Ray would show every key of the config)
+    metrics = ["iter", "loss"] + ([spec.metric] if spec.metric not in ("iter", "loss") else [])
+    return params, metrics
 
 
 class HParamsLogger(TBXLoggerCallback):

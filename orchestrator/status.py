@@ -57,7 +57,8 @@ def study_summary(storage: Storage, name: str) -> dict:
     best, best_trial, best_id = (ranked[0][1], ranked[0][2], ranked[0][3]) if ranked else (None, None, None)
     driver = driver_note(storage, name)
     alive = driver is not None
-    planned = StudySpec.from_json(spec).num_trials()
+    study_spec = StudySpec.from_json(spec)
+    planned = study_spec.num_trials()
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(chains) < planned)
     tied = sum(1 for r in ranked if r[1] == best)
@@ -65,7 +66,7 @@ def study_summary(storage: Storage, name: str) -> dict:
             "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "best_id": best_id,
             "best_tied": tied, "all_solved": all_solved, "driver_alive": alive, "driver": driver,
             "resumable": resumable,
-            "created": record.get("created"), "source": record.get("source"),
+            "created": record.get("created"), "source": record.get("source"), "swept": study_spec.swept_keys(),
             "generations": len(record.get("generations") or [None])}
 
 
@@ -87,10 +88,10 @@ def print_study_summary(storage: Storage, name: str) -> None:
                f" (ties on {s['metric']} broken by iters_to_solve)" if s["best_tied"] > 1 else "")
         head = (f"Best: {s['best_id']} solved in {lr_.get('iters_to_solve')} iterations" if s["all_solved"]
                 else f"Best {s['metric']} = {_fmt(s['best'])} by {s['best_id']}")
-        print(f"{head}: cell={cfg.get('cell')} "
-              f"layers={cfg.get('layers')} digits={cfg.get('digits')} lr={_fmt(cfg.get('lr'))} seed={cfg.get('seed')} "
-              f"(status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve {_fmt(lr_.get('iters_to_solve'))})"
-              + tie)
+        keys = [k for k in s["swept"] if k != "seed"] + ["seed"]
+        values = " ".join(f"{k}={_fmt(cfg.get(k))}" for k in keys if k in cfg)
+        print(f"{head}: {values} (status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve "
+              f"{_fmt(lr_.get('iters_to_solve'))})" + tie)
 
 
 def print_status(storage_root: str, name: Optional[str]) -> int:

@@ -25,9 +25,6 @@ from .records import code_version, command_line, now_iso, package_versions
 from .space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
 from .storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
-PARAM_COLUMNS = ("cell", "layers", "digits", "lr")
-METRIC_COLUMNS = ("iter", "loss", "exact_acc")
-
 
 @dataclass
 class TrialError:
@@ -194,7 +191,7 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
     import logging
 
     from ray import tune
-    from ray.tune import CLIReporter, CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Tune warns for every planned value that differs from the param space's placeholder: by design here
@@ -207,8 +204,9 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
 
     from .plan import plan, seeds
 
-    reporter = CLIReporter(parameter_columns=list(PARAM_COLUMNS), metric_columns=list(METRIC_COLUMNS),
-                           max_report_frequency=15, sort_by_metric=False)
+    from .callbacks import StudyReporter, live_columns
+
+    reporter = StudyReporter(*live_columns(spec), storage.uri(name))
     storage_path, experiment = experiment_location(storage, name, gen_path)
     run_config = RunConfig(
         name=experiment, storage_path=storage_path, storage_filesystem=storage.ray_filesystem,

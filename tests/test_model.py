@@ -21,9 +21,15 @@ def test_unknown_cell():
 
 
 def test_add_pads_to_any_size_and_returns_an_int():
-    model = AdderNet("gru", 1)
+    """A model whose classifier always answers 7 shows how many digits ``add`` asked it for: at least the length it
+    was trained on (12 steps for 11 digits), else one more than the longer operand."""
+    model = AdderNet("gru", 1, digits=11)
+    with torch.no_grad():
+        model.dense.weight.zero_()
+        model.dense.bias.copy_(torch.nn.functional.one_hot(torch.tensor(7), 10).float())
+    assert model.add(3, 4) == int("7" * 12)
     result = model.add(10**60, 5)
-    assert isinstance(result, int) and result >= 0
+    assert type(result) is int and result == int("7" * 62)
     with pytest.raises(ValueError):
         model.add(-1, 2)
 

@@ -110,7 +110,7 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
 
     t, m = study.trials, study.metrics
     keys = _keys(study)
-    choices = [k for k in keys if t[k].nunique() <= 12] or keys[:1]
+    choices = [k for k in keys if t[k].nunique() <= 12 or _continuous(t[k])] or keys[:1]
     color_by = color_by if color_by in choices else (("cell" if "cell" in choices else choices[0]) if choices else None)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Exact accuracy on the evaluation set"))
     traces_keys = []  # the row of each trace, for recolouring by another key
@@ -151,28 +151,8 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
                               row=1, col=col)
                 traces_keys.append(row)
 
-    def colours(key: str) -> list:
-        cmap = _colors([r[key] for r in traces_keys])
-        return [cmap[r[key]] for r in traces_keys]
-
     if color_by:
-        cols = colours(color_by)
-        for trace, c in zip(fig.data, cols):
-            trace.line.color = c
-            if trace.fill == "toself":
-                trace.fillcolor = c
-        buttons = []
-        for k in choices:
-            cs = colours(k)
-            buttons.append(dict(label=f"colour by {k}", method="restyle",
-                                args=[{"line.color": cs, "fillcolor": cs}]))
-        legend = " ".join(f"<span style='color:{c}'>■</span> {html.escape(str(v))}"
-                          for v, c in _colors([r[color_by] for r in traces_keys]).items())
-        fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.18, xanchor="left")],
-                          annotations=list(fig.layout.annotations) + [dict(text=f"{color_by}: {legend}",
-                                                                           x=1, y=1.16, xref="paper",
-                                                                           yref="paper", showarrow=False,
-                                                                           xanchor="right")])
+        _colour_traces(fig, study, traces_keys, color_by, choices)
     if log_loss:
         fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="iteration")
@@ -184,6 +164,72 @@ def curves_figure(study: Study, color_by: Optional[str] = None):
     fig.update_layout(title=f"Learning curves: {what}{more}; hover names the trial", height=480,
                       margin=dict(t=110))
     return fig
+
+
+def _continuous(s: pd.Series) -> bool:
+    """A numeric key with too many values for a legend (a sampled lr): coloured on a scale instead."""
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and s.nunique() > 12
+
+
+def _colour_traces(fig, study: Study, rows: list, color_by: str, choices: list[str]) -> None:
+    """Colour the curves by ``color_by``, with a menu to colour them by another of ``choices``. A categorical key
+    gets a legend of its values; a continuous one a colour scale (logarithmic for a log-sampled key) with a
+    colour bar of rounded ticks -- a legend of its raw values would list hundreds of floats."""
+    import plotly.graph_objects as go
+    from plotly.colors import sample_colorscale
+
+    n_lines = len(fig.data)
+    bars = {}  # continuous key -> index of the invisible trace that carries its colour bar
+    schemes = {}
+    for k in choices:
+        values = [r[k] for r in rows]
+        if _continuous(study.trials[k]):
+            log = is_log_key(study, k)
+            pos = np.log10(np.asarray(values, dtype=float)) if log else np.asarray(values, dtype=float)
+            lo, hi = float(np.nanmin(pos)), float(np.nanmax(pos))
+            frac = (pos - lo) / (hi - lo) if hi > lo else np.full(len(pos), 0.5)
+            colours = sample_colorscale("Viridis", [float(f) for f in np.nan_to_num(frac, nan=0.5)])
+            bars[k] = len(fig.data)
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+                                     marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=False,
+                                                 colorbar=_colour_bar(k, lo, hi, log))))
+            schemes[k] = (colours, None)
+        else:
+            cmap = _colors(values)
+            legend = " ".join(f"<span style='color:{c}'>■</span> {html.escape(str(v))}" for v, c in cmap.items())
+            schemes[k] = ([cmap[v] for v in values], dict(text=f"{k}: {legend}", x=1, y=1.16, xref="paper",
+                                                          yref="paper", showarrow=False, xanchor="right"))
+    titles = list(fig.layout.annotations)
+
+    def update(k: str) -> tuple[dict, dict]:
+        colours, legend = schemes[k]
+        line = colours + ["#000000"] * (len(fig.data) - n_lines)
+        scale = [False] * n_lines + [i == bars.get(k) for i in range(n_lines, len(fig.data))]
+        return ({"line.color": line, "fillcolor": line, "marker.showscale": scale},
+                {"annotations": titles + ([legend] if legend else [])})
+
+    traces, layout = update(color_by)
+    for trace, c, show in zip(fig.data, traces["line.color"], traces["marker.showscale"]):
+        trace.line.color = c
+        if trace.fill == "toself":
+            trace.fillcolor = c
+        if trace.marker is not None and show:
+            trace.marker.showscale = True
+    fig.update_layout(annotations=layout["annotations"],
+                      updatemenus=[dict(buttons=[dict(label=f"colour by {k}", method="update", args=list(update(k)))
+                                                 for k in choices], direction="down", x=0.0, y=1.18,
+                                        xanchor="left")])
+
+
+def _colour_bar(key: str, lo: float, hi: float, log: bool) -> dict:
+    """A colour bar for ``key`` over [lo, hi] (log10 values when ``log``), its ticks rounded: 1, 2 and 5 per
+    decade on a log scale; plotly's own round ticks on a linear one."""
+    bar = dict(title=dict(text=key + (" (log)" if log else "")), len=0.8, y=0.45, thickness=14)
+    if log:
+        ticks = [math.log10(m * 10.0 ** e) for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
+        ticks = [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9] or [lo, hi]
+        bar.update(tickvals=ticks, ticktext=[f"{10 ** t:.2g}" for t in ticks])
+    return bar
 
 
 def vs_keys_figure(study: Study, value: str):

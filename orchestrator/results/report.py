@@ -99,6 +99,14 @@ def lower_is_better(column: str) -> bool:
     return "loss" in column or column in LOWER_IS_BETTER or column.endswith("_iter")
 
 
+def ranks_lower(spec: StudySpec, column: str) -> bool:
+    """Whether lower values of a ranking column are better: the study's mode for its metric, else the column's
+    nature (losses, iterations, times)."""
+    if column in (spec.metric, VALUE_ALIASES.get(spec.metric, spec.metric)):
+        return spec.mode == "min"
+    return lower_is_better(column)
+
+
 def resolve_value(trials: pd.DataFrame, value: str) -> str:
     """The trials column a --value names (``exact_acc`` means ``best_exact_acc``)."""
     col = VALUE_ALIASES.get(value, value)
@@ -125,9 +133,10 @@ def split_keys(text: Optional[str]) -> Optional[list[str]]:
 
 
 def default_value(study: Study) -> tuple[str, Optional[str]]:
-    """The value that ranks trials and fills the pivot by default, and why when it is not the study's metric:
-    when every trial solved (and so reached the same best value of the metric, with target 1), the metric tells
-    them apart no more, and the iterations it took them do."""
+    """The value that ranks trials and fills the pivot by default, and why when it is not the study's metric.
+    When every trial reaches the same best value of the metric, the metric tells them apart no more: if they all
+    solved, the iterations it took them do; if none did (exact_acc 0 everywhere, the usual first exploration), the
+    lowest loss each reached does."""
     metric = VALUE_ALIASES.get(study.spec.metric, study.spec.metric)
     t = study.trials
     values = t[metric].dropna() if metric in t else pd.Series(dtype=float)
@@ -137,6 +146,10 @@ def default_value(study: Study) -> tuple[str, Optional[str]]:
                                       "iters_to_solve (fewer is better)")
         return "iters_to_solve", ("every trial solved (reached its target exact_acc): ranked by iters_to_solve "
                                   "(fewer is better)")
+    if len(values) > 1 and len(values) == len(t) and values.nunique() == 1 and metric != "best_loss" \
+            and "best_loss" in t and t["best_loss"].notna().any():
+        return "best_loss", (f"every trial reached {metric} = {fmt(_plain(values.iloc[0]))}: ranked by best_loss, "
+                             "the lowest training loss each reached (lower is better)")
     return metric, None
 
 
@@ -145,12 +158,6 @@ def default_keys(study: Study) -> list[str]:
     discrete = [k for k in study.swept if study.spec.space[k].kind in ("grid", "choice")]
     keys = discrete or study.swept
     return [k for k in keys if k in study.trials.columns and study.trials[k].nunique(dropna=True) > 1] or keys
-
-
-def log_scaled(spec: StudySpec, key: str) -> bool:
-    """A key drawn on a log scale (``loguniform``): binned, coloured and plotted by its logarithm."""
-    dist = spec.space.get(key)
-    return isinstance(dist, Dist) and dist.kind == "loguniform"
 
 
 def levels(series: pd.Series, bins: int = 5) -> pd.Series:
@@ -235,7 +242,7 @@ def rank_trials(study: Study) -> tuple[pd.DataFrame, str, Optional[str]]:
     value, why = default_value(study)
     if value == "iters_to_solve":
         return t.sort_values(["iters_to_solve", "trial_id"], na_position="last"), value, why
-    lower = spec.mode == "min"
+    lower = ranks_lower(spec, value)
     ranked = t.dropna(subset=[value]).sort_values([value, f"{value}_iter"], ascending=[lower, True])
     return ranked, value, why
 
@@ -255,7 +262,7 @@ def rank_configurations(study: Study, value: Optional[str] = None) -> pd.DataFra
     groups = group_estimates(t, keys, value)
     groups["solved_fraction"] = [float((g["outcome"] == "solved").mean()) for _, g in
                                  t.groupby(keys, dropna=False, sort=True)]
-    lower = lower_is_better(value) if value != study.spec.metric else study.spec.mode == "min"
+    lower = ranks_lower(study.spec, value)
     tiebreak = None
     if value != "iters_to_solve" and "iters_to_solve" in t:  # equal on the metric: sooner solved is better
         tiebreak = group_estimates(t, keys, "iters_to_solve")["mean"]
@@ -308,7 +315,7 @@ def summarize(study: Study, top: int = 5) -> dict:
         "states": {k: int(v) for k, v in t["state"].value_counts().items()},
         "outcomes": {k: int(v) for k, v in t["outcome"].value_counts().items()},
         "wall_s": wall, "core_s": wall * spec.resources["cpu"], "gpu_s": wall * spec.resources["gpu"],
-        "metric": metric, "mode": "min" if metric == "iters_to_solve" else spec.mode, "ranking_note": why,
+        "metric": metric, "mode": "min" if ranks_lower(spec, metric) else "max", "ranking_note": why,
         "swept": study.swept, "best": best, "best_edges": edges, "configs": configs,
         "generations": int(t["generation"].max()) + 1 if "generation" in t and len(t) else 1,
     }
