@@ -5,8 +5,9 @@
   adder-sweep resolves every grid and random trial in the driver (orchestrator/plan.py), so Tune samples nothing
   and Ray would record no hyperparameters at all. This subclass records the study's swept keys and seed instead,
   with the trial's final metrics, in the trial's own event file: one HParams session per trial.
-* ``LivePage``: while trials run, rewrites ``report.html`` every 30 s (atomically) from the results the driver
-  holds in memory, so an open browser tab shows progress without anything re-reading storage.
+* ``LivePage``: while trials run, rewrites ``report.html`` every 30 s (atomically; for a large study at least 20
+  times as long as drawing it took) from the results the driver holds in memory, so an open browser tab shows
+  progress without anything re-reading storage.
 * ``CheckpointPruner``: removes the older checkpoints of finished trials, and only of those the experiment state
   *on storage* already records as finished. Ray's own ``num_to_keep`` deletes a checkpoint as soon as a newer one
   is registered, while the experiment state naming the latest checkpoint reaches storage later (seconds, on S3
@@ -120,11 +121,14 @@ class LivePage(Callback):
         self.name, self.storage_root, self.spec_json, self.generation = name, storage_root, spec_json, generation
         self.every = LIVE_EVERY_S if every_s is None else every_s
         self.trials: dict[str, dict] = {}
-        self._last = 0.0
+        self._last = self._cost = 0.0
         self._writer: threading.Thread | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "trials": {}, "_last": 0.0, "_writer": None}  # results are Tune's to keep
+        return {**self.__dict__, "trials": {}, "_last": 0.0, "_cost": 0.0, "_writer": None}  # Tune keeps results
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_cost": 0.0, **state})
 
     def _entry(self, trial) -> dict:
         from .results.tables import training_values
@@ -156,7 +160,7 @@ class LivePage(Callback):
         """Render and write the page in a background thread from a snapshot of the trials, so Tune's loop is not
         held up while plotly builds it; at the end (force), wait for any write in flight, then write in line."""
         now = time.monotonic()
-        if not self.trials or (not force and now - self._last < self.every):
+        if not self.trials or (not force and now - self._last < max(self.every, COST_SHARE * self._cost)):
             return
         writer = getattr(self, "_writer", None)
         if writer is not None and writer.is_alive():
@@ -174,10 +178,15 @@ class LivePage(Callback):
             self._writer.start()
 
     def _write(self, trials: dict) -> None:
+        start = time.monotonic()
         try:
-            write_live_page(self.name, self.storage_root, self.spec_json, self.generation, trials, self.every)
+            write_live_page(self.name, self.storage_root, self.spec_json, self.generation, trials,
+                            max(self.every, COST_SHARE * self._cost))
         except Exception as exc:  # the page is a view; the study goes on without it
             print(f"adder-sweep: live report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        # the page is drawn beside Tune's loop, and for a large study takes seconds of the driver's CPU: the next
+        # one waits at least COST_SHARE times as long (<= 5% of the driver)
+        self._cost = time.monotonic() - start
 
 
 _WRITERS: list[threading.Thread] = []
@@ -201,12 +210,13 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
     what `resume` puts back if Ray's file was cut off), refreshed first."""
     from pyarrow.fs import FileSelector, FileType
 
-    from .results.tables import keep_state_copy, snapshot_trials
+    from .results.tables import snapshot_trials
+    from .state_copy import keep_state_copy
 
     text = None
     if storage.is_local:
         # decide from adder-sweep's copy, which is what `resume` restores if Ray's file is cut off
-        text = keep_state_copy(storage, name, gen_path)
+        text, _ = keep_state_copy(storage, name, gen_path)
         if text is None:
             return set()
     done = set()
@@ -228,21 +238,30 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
 
 class CheckpointPruner(Callback):
     """Prunes finished trials' checkpoints (``prune_finished_checkpoints``) every PRUNE_EVERY_S seconds while a
-    study runs, and all finished trials' at its end, after Tune's final snapshot. Holds only plain data."""
+    study runs, and all finished trials' at its end, after Tune's final snapshot; between prunes, refreshes the
+    copy of the experiment state every COPY_EVERY_S seconds. Both read and parse the whole state, which grows with
+    the study (tens of MB at 10,000 trials), so each waits at least ``COST_SHARE`` times its own last duration:
+    together they never take more than about 1/COST_SHARE of the driver's time. Holds only plain data."""
 
-    def __init__(self, name: str, storage_root: str, generation: int = 0, every_s: float | None = None):
+    def __init__(self, name: str, storage_root: str, generation: int = 0, every_s: float | None = None,
+                 cost_share: float = None):
         self.name, self.storage_root, self.generation = name, storage_root, generation
         self.every = PRUNE_EVERY_S if every_s is None else every_s
+        self.cost_share = COST_SHARE if cost_share is None else cost_share
         self.finished: set[str] = set()
         self.pruned: set[str] = set()
         self._last = self._copied = time.monotonic()
+        self._prune_cost = self._copy_cost = 0.0
+        self._signature = None
         self._warned = False
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_copied": 0.0, "_warned": False}
+        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_copied": 0.0, "_warned": False,
+                "_signature": None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_prune_cost": 0.0, "_copy_cost": 0.0, "_signature": None, "cost_share": COST_SHARE,
+                              **state})
         self._last = self._copied = time.monotonic()
 
     @property
@@ -256,25 +275,27 @@ class CheckpointPruner(Callback):
         self.finished.add(trial.trial_id)
 
     def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
         waiting = self.finished - self.pruned
-        if waiting and time.monotonic() - self._last >= self.every:
+        if waiting and now - self._last >= max(self.every, self.cost_share * self._prune_cost):
             self._prune(waiting)
-        elif time.monotonic() - self._copied >= COPY_EVERY_S:
+        elif now - self._copied >= max(COPY_EVERY_S, self.cost_share * self._copy_cost):
             self._copy_state()
 
     def _copy_state(self) -> None:
         """Refresh adder-sweep's copy of the experiment state (file-system storage only), so a state cut off by
         a lost driver costs `resume` seconds of progress, not the study."""
-        from .results.tables import keep_state_copy
+        from .state_copy import keep_state_copy
         from .storage import Storage
 
-        self._copied = time.monotonic()
+        start = self._copied = time.monotonic()
         try:
             storage = Storage.open(self.storage_root)
             if storage.is_local:
-                keep_state_copy(storage, self.name, self._gen_path)
+                _, self._signature = keep_state_copy(storage, self.name, self._gen_path, self._signature)
         except Exception as exc:
             self._warn(exc)
+        self._copy_cost = time.monotonic() - start
 
     def on_experiment_end(self, trials, **info):
         self._prune(None)  # every finished trial, also those a run before this one finished
@@ -282,12 +303,14 @@ class CheckpointPruner(Callback):
     def _prune(self, only: set[str] | None) -> None:
         from .storage import Storage
 
-        self._last = time.monotonic()
+        start = self._last = time.monotonic()
         try:
             self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, self._gen_path,
                                                       only, skip=self.pruned)
         except Exception as exc:  # storage trouble costs disk space, never the study
             self._warn(exc)
+        self._prune_cost = time.monotonic() - start
+        self._signature = None  # the prune wrote a fresh copy
 
     def _warn(self, exc: Exception) -> None:
         if not self._warned:
@@ -298,6 +321,7 @@ class CheckpointPruner(Callback):
 
 PRUNE_EVERY_S = float(os.environ.get("ADDER_SWEEP_PRUNE_EVERY_S", "30"))
 COPY_EVERY_S = 5.0
+COST_SHARE = 20  # a periodic driver task waits at least 20x its own last duration: <= 5% of the driver's time
 
 
 def wait_for_live_pages(timeout: float = 60) -> None:

@@ -182,6 +182,12 @@ def _topmost_missing(path: Path) -> Optional[str]:
     return None if top is None else str(top)
 
 
+def generation_parts(name: str, gen_path: str, *parts: str) -> list[str]:
+    """Path parts of ``parts`` inside one generation of a study: the study root for generation 0 (gen_path ""),
+    ``<study>/gen-K`` for later ones (``adder-sweep extend``)."""
+    return [name, *([gen_path] if gen_path else []), *parts]
+
+
 def study_location(name_or_path: str, storage_root: str) -> tuple[Storage, str]:
     """(storage, study name) for a study given by name under ``storage_root``, or by its path/URI."""
     from .space import valid_study_name

@@ -364,7 +364,9 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
       restore. A trial whose worker died while a checkpoint was being saved leaves a STOP, and the restored trial
       was then stopped -- and recorded as finished -- at its first checkpoint, with exit code 0. They were about the
       previous driver's actors, all gone: clear them."""
-    from .results.tables import _under, experiment_state_path, read_state_copy, state_is_complete
+    from .results.tables import experiment_state_path
+    from .state_copy import read_state_copy, state_is_complete
+    from .storage import generation_parts
 
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
@@ -379,7 +381,7 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
         if copy is None or (copy["file"] != file and not storage.exists(f"{folder}/{copy['file']}")):
             return  # no copy, or a copy of a state that is gone: do not guess
         storage.write_bytes(path + ".damaged", raw)
-        print(f"adder-sweep: {storage.uri(*_under(name, gen_path, file))} was cut off (its driver died while Ray "
+        print(f"adder-sweep: {storage.uri(*generation_parts(name, gen_path, file))} was cut off (its driver died while Ray "
               f"wrote it; kept as {file}.damaged); resuming from adder-sweep's copy of {copy['file']} saved "
               f"{copy['saved']}", file=sys.stderr)
         if copy["file"] != file:

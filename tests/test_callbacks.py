@@ -97,7 +97,7 @@ def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsy
     from orchestrator.callbacks import CheckpointPruner
 
     study = _state(tmp_path, {"a": "RUNNING"})
-    pruner = CheckpointPruner("st", str(tmp_path), every_s=0)
+    pruner = CheckpointPruner("st", str(tmp_path), every_s=0, cost_share=0)  # every step, whatever a prune costs
     trial = SimpleNamespace(trial_id="a")
     pruner.on_trial_complete(0, [trial], trial)
     pruner.on_step_end(0, [trial])
@@ -120,3 +120,34 @@ def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsy
     assert capsys.readouterr().err.count("older checkpoints of finished trials not removed") == 1
     restored = pickle.loads(pickle.dumps(pruner))
     assert restored.finished == set() and restored.name == "st"
+
+
+def test_the_state_copy_skips_an_unchanged_state_and_waits_by_its_cost(tmp_path):
+    """At 10,000 trials the experiment state is tens of MB: a state Ray has not rewritten is not copied again, and
+    a copy or prune that took a while waits COST_SHARE times as long before the next (<= 5% of the driver)."""
+    from orchestrator.callbacks import CheckpointPruner
+    from orchestrator.state_copy import keep_state_copy
+    from orchestrator.storage import Storage
+
+    study = _state(tmp_path, {"a": "RUNNING"})
+    storage = Storage.open(tmp_path)
+    text, signature = keep_state_copy(storage, "st")
+    assert text is not None and signature is not None
+    copy = study / "adder_state_copy.json"
+    before = copy.stat().st_mtime_ns
+    assert keep_state_copy(storage, "st", unchanged=signature) == (None, signature)
+    assert copy.stat().st_mtime_ns == before  # not rewritten
+    state = next(study.glob("experiment_state-*.json"))
+    state.write_text(state.read_text().replace("RUNNING", "TERMINATED"))
+    text, again = keep_state_copy(storage, "st", unchanged=signature)
+    assert again != signature and "TERMINATED" in json.loads(copy.read_text())["text"]
+
+    pruner = CheckpointPruner("st", str(tmp_path), every_s=0)
+    trial = SimpleNamespace(trial_id="a")
+    pruner.on_trial_complete(0, [trial], trial)
+    pruner._prune_cost = 3600.0  # the last prune took an hour: the next waits 20 hours
+    pruner.on_step_end(1, [trial])
+    assert pruner.pruned == set() and len(_kept(study)["trial_a"]) == 5
+    pruner._prune_cost = 0.0
+    pruner.on_step_end(2, [trial])
+    assert pruner.pruned == {"a"} and len(_kept(study)["trial_a"]) == 2

@@ -1,5 +1,5 @@
 """Commands that do not train start fast: --help and validate import none of torch, ray or pandas (each takes
-0.5-2 s to import). Times are measured in `make bench` (benchmarks/startup.py), not asserted here."""
+0.5-2 s to import). Times are measured in `make bench` (benchmarks/analysis_bench.py: ``startup``), not asserted here."""
 import json
 import subprocess
 import sys

@@ -1,6 +1,8 @@
 """Reading studies: result tables (Parquet), replicate statistics, reports, plots, and their commands.
 
-The other half of ``orchestrator`` runs studies; this half only reads what they wrote (and never imports Ray).
+The other half of ``orchestrator`` runs studies; this half reads what they wrote and writes only its own outputs
+(the tables, report.md, plots, report.html), and never imports Ray. The copy of Ray's experiment state that the
+driver keeps is the running side's (orchestrator/state_copy.py).
 """
 
 # Choices of the report commands' flags, here so that building the CLI parser imports no pandas.

@@ -11,7 +11,7 @@ import json
 from typing import Any, Iterable, Optional
 
 from ..errors import UserError
-from ..storage import Storage
+from ..storage import Storage, generation_parts
 
 FINAL_STATES = "final_states.json"
 RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "terminated",
@@ -30,14 +30,10 @@ def generation_paths(storage: Storage, name: str) -> list[str]:
     return [g.get("path", "") for g in gens]
 
 
-def _under(name: str, gen_path: str, *parts: str) -> list[str]:
-    return [name, *([gen_path] if gen_path else []), *parts]
-
-
 def experiment_state_path(storage: Storage, name: str, gen_path: str = "") -> str | None:
     from pyarrow.fs import FileSelector
 
-    base = storage.join(*_under(name, gen_path))
+    base = storage.join(*generation_parts(name, gen_path))
     if not storage.is_dir(base):
         return None
     files = [i for i in storage.fs.get_file_info(FileSelector(base)) if
@@ -128,60 +124,13 @@ def snapshot_trials(storage: Storage, name: str, gen_path: str = "", text: Optio
     return _load_generation(storage, name, gen_path, 0, use_final=False, text=text)
 
 
-# adder-sweep's copy of the newest complete experiment state, on storage that is a file system (local or shared
-# disk): Ray writes its state there in place, so a driver killed mid-write leaves it cut off (objects in S3/GCS
-# are replaced whole). `resume` puts the copy back; checkpoint pruning decides from the copy only.
-STATE_COPY = "adder_state_copy.json"
-
-
-def state_is_complete(text: str) -> bool:
-    """Whether an experiment-state file's text parses as one (not cut off mid-write)."""
-    try:
-        return isinstance(json.loads(text)["trial_data"], list)
-    except (ValueError, KeyError, TypeError):
-        return False
-
-
-def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
-    """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None."""
-    path = storage.join(*_under(name, gen_path, STATE_COPY))
-    if not storage.exists(path):
-        return None
-    try:
-        copy = json.loads(storage.read_text(path))
-        return copy if state_is_complete(copy["text"]) else None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def keep_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[str]:
-    """Copy the newest experiment state to STATE_COPY (atomically) if it is complete; returns the copied text, or
-    None (object storage, no state yet, or a state caught mid-write: the previous copy stays)."""
-    import time
-
-    if not storage.is_local:
-        return None
-    path = experiment_state_path(storage, name, gen_path)
-    if path is None:
-        return None
-    try:
-        text = storage.read_text(path)
-    except (OSError, ValueError):  # ValueError: cut inside a character
-        return None
-    if not state_is_complete(text):
-        return None
-    storage.write_text(storage.join(*_under(name, gen_path, STATE_COPY)), json.dumps(
-        {"file": path.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "text": text}))
-    return text
-
-
 def _load_generation(storage: Storage, name: str, gen_path: str, generation: int,
                      use_final: bool = True, text: Optional[str] = None) -> list[dict[str, Any]]:
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return []
     final = _final_states(storage, name, path, gen_path) if use_final else {}
-    where = storage.uri(*_under(name, gen_path, path.rsplit("/", 1)[-1]))
+    where = storage.uri(*generation_parts(name, gen_path, path.rsplit("/", 1)[-1]))
     try:
         state = json.loads(storage.read_text(path) if text is None else text)
     except ValueError as exc:
@@ -223,7 +172,7 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
 def _final_states(storage: Storage, name: str, state_path: str, gen_path: str = "") -> dict[str, str]:
     """Trial states the driver recorded when its run ended (see study._record_final_states), if they belong to
     the newest experiment-state file; a later resume writes a new state file and so supersedes them."""
-    path = storage.join(*_under(name, gen_path, FINAL_STATES))
+    path = storage.join(*generation_parts(name, gen_path, FINAL_STATES))
     if not storage.exists(path):
         return {}
     try:
