@@ -31,11 +31,12 @@ sys.path.insert(0, str(HERE))  # the sibling modules, whether run as a script or
 import torch  # noqa: E402
 
 import analysis_bench  # noqa: E402
+import scale  # noqa: E402
 import step  # noqa: E402
 import sweep_bench as sb  # noqa: E402
 from common import CoreShare, machine_info, machine_markdown, markdown_table, usable_cores  # noqa: E402
 
-SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis")
+SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis", "scale")
 BUSY = 0.25  # other processes' cores above which a section is flagged as contended
 UNSTEADY = 0.5  # spread of the rounds ((max - min) / median) above which a timing cannot decide a target
 
@@ -63,6 +64,7 @@ def run_sections(names: list[str], quick: bool, repeats: int, workdir: Path) -> 
                                      for sw in r.get("sweeps", [])]),
         "analysis": lambda: {"startup": analysis_bench.startup(3 if quick else 7),
                              "load": analysis_bench.load(200 if quick else 1000)},
+        "scale": lambda: scale.run(scale.QUICK_TRIALS if quick else scale.TRIALS, workdir / "scale"),
     }
     for name in names:
         sb.log(f"== {name} ==")
@@ -225,6 +227,10 @@ def targets(results: dict, quick: bool) -> list[dict]:
         add(f"load_study of {ld['trials']} trials < {analysis_bench.T_LOAD_S:g} s",
             f"{ld['from_files_s']:.2f} s from the trial files, {ld['from_tables_s']:.2f} s from the tables",
             max(ld["from_files_s"], ld["from_tables_s"]) < analysis_bench.T_LOAD_S, "")
+    sc = results.get("scale", {})
+    if "wall_s" in sc:
+        for target, measured, met, reason in scale.targets(sc):
+            add(target, measured, met, reason)
     if quick:
         for r in rows:
             if r["met"] in ("no", "unclear"):
@@ -384,7 +390,8 @@ def md_analysis(res: dict) -> list[str]:
 RENDER = {"step": ("Step throughput, machine limit, MFU", md_step), "threads": ("Threads", md_threads),
           "startup": ("Start-up", md_startup), "overhead": ("Sweep overhead", md_overhead),
           "schedulers": ("Schedulers: ASHA vs FIFO", md_schedulers), "gpu": ("GPU", md_gpu),
-          "memory": ("Memory", md_memory), "analysis": ("Reading studies: start-up and loading", md_analysis)}
+          "memory": ("Memory", md_memory), "analysis": ("Reading studies: start-up and loading", md_analysis),
+          "scale": ("Scale: one study of many tiny trials (benchmarks/scale.py)", scale.markdown)}
 
 TARGET_COLUMNS = [("target", "target", ""), ("measured", "measured", ""), ("met", "met", ""), ("reason", "reason", "")]
 TIMING_COLUMNS = [("section", "section", ""), ("wall_s", "wall, s", ".0f"), ("others_cores", "others' cores", ".2f"),

@@ -175,9 +175,10 @@ def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: in
     """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, the
     study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
     recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints."""
-    from .callbacks import CheckpointPruner, HParamsLogger, LivePage, hparam_keys
+    from .callbacks import CheckpointPruner, HParamsLogger, LivePage, NoProgressCsv, hparam_keys
 
-    callbacks = [HParamsLogger(hparam_keys(spec)), LivePage(name, storage.root, spec.to_json(), generation)]
+    callbacks = [HParamsLogger(hparam_keys(spec)), NoProgressCsv(),
+                 LivePage(name, storage.root, spec.to_json(), generation)]
     if spec.scheduler["type"] != "pbt":
         callbacks.append(CheckpointPruner(name, storage.root, generation))
     return callbacks

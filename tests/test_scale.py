@@ -98,3 +98,13 @@ def test_a_continuous_key_colours_the_curves_on_a_log_scale_not_a_legend_of_floa
     assert not any("0.00" in (a.text or "") and "■" in (a.text or "") for a in fig.layout.annotations)
     lines = {t.line.color for t in fig.data if t.mode == "lines"}
     assert len(lines) > 50  # one shade per trial along the scale
+
+
+def test_trial_folders_hold_only_what_something_reads(many):
+    """Ray's progress.csv repeats result.json and nothing reads it: not written (10,000 files fewer at 10,000
+    trials). What stays: result.json (the tables), params.json/params.pkl (Tune.restore), events (board), and the
+    checkpoint."""
+    d, _ = many
+    trial = next((d / "many").glob("trial_*"))
+    names = {p.name.split(".out.tfevents")[0] if "tfevents" in p.name else p.name for p in trial.iterdir()}
+    assert "progress.csv" not in names and {"result.json", "params.json", "params.pkl", "events"} <= names, names
