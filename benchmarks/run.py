@@ -167,8 +167,9 @@ def targets(results: dict, quick: bool) -> list[dict]:
             add(target, measured, None if mfu is None else mfu >= T_MFU_100,
                 f"the {kernel} step does {gflops:.1f} GFLOP/s of matmul work against {peak:.0f} GFLOP/s for a "
                 f"large fp32 matmul on {r['threads']} thread: the rest of its time goes to moving every time step's "
-                f"activations through memory (tens of MB per layer, beyond the caches), the 303 sequential small "
-                f"matmuls (200 rows), the embedding, the loss and Adam (see docs/PERFORMANCE.md){wide_txt}" + others)
+                f"activations through memory (beyond the caches), the time loop's sequential small matmuls (one "
+                f"per time step and layer forward, two backward), the embedding, the loss and Adam (see "
+                f"docs/PERFORMANCE.md){wide_txt}" + others)
     elif "step" in results:
         add("step throughput and MFU", "section failed", False, results["step"].get("error", ""))
 
@@ -211,8 +212,8 @@ def targets(results: dict, quick: bool) -> list[dict]:
         add(f"peak RSS per worker <= {T_RSS_MB:.0f} MB", f"{mem['worker_peak_mb']:.0f} MB",
             mem["worker_peak_mb"] <= T_RSS_MB,
             f"largest in study {worst['study']} ({worst['workers']} workers, median {worst['worker_median_mb']:.0f} "
-            f"MB): a Ray worker holds Ray, torch and pyarrow (about 470 MB) before the model's few MB, "
-            f"torch.optim imports torch._dynamo (+70 MB), and the tuned allocator keeps the heap pages of the "
+            f"MB): a Ray worker holds Ray, torch and pyarrow before the model's few MB, torch.optim imports "
+            f"torch._dynamo, and the tuned allocator keeps the heap pages of the "
             f"largest step a reused worker ran (docs/PERFORMANCE.md, Memory)")
     elif "memory" in results:
         add("peak RSS per worker", "not measured", False,

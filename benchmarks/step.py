@@ -36,7 +36,7 @@ from torch import nn
 
 from trainables import fused
 from trainables.data import sequence_length, train_batch
-from trainables.loop import tune_allocator
+from trainables.device import tune_allocator
 from trainables.model import AdderNet
 
 if __package__:

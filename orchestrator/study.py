@@ -134,7 +134,7 @@ def check_fits(spec: StudySpec, nodes: Optional[list[dict]] = None) -> None:
 
 
 def trial_resources(spec: StudySpec) -> dict:
-    """Ray resources of one trial; a GPU share makes the trial train on CUDA (see trainables.loop.resolve_device)."""
+    """Ray resources of one trial; a GPU share makes the trial train on CUDA (see trainables.device.resolve_device)."""
     return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
 
 

@@ -110,7 +110,7 @@ class RunWriter:
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
 
     def __call__(self, metrics: dict, checkpoint) -> None:
-        from trainables.loop import CHECKPOINT_FILE, save_checkpoint
+        from trainables.checkpoint import CHECKPOINT_FILE, save_checkpoint
 
         for k in TB_SCALARS:
             if k in metrics:
@@ -162,7 +162,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainables.loop import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint, train
+    from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
+    from trainables.loop import train
 
     overrides = config_overrides(args)
     resume_state = None
@@ -193,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             f"or continue it with --resume {run_dir}")
         check_writable_dir(run_dir, "--out")
         from trainables import fused
-        from trainables.loop import resolve_device
+        from trainables.device import resolve_device
 
         try:
             device = resolve_device(cfg.run.device)
@@ -253,7 +254,7 @@ def _parse_operand(text: str, name: str) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from trainables.data import str_from_int
-    from trainables.loop import CheckpointError, load_model
+    from trainables.checkpoint import CheckpointError, load_model
 
     a, b = _parse_operand(args.a, "a"), _parse_operand(args.b, "b")
     if not args.run.exists():

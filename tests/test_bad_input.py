@@ -226,7 +226,7 @@ def test_trial_restore_skips_a_crafted_checkpoint_for_an_earlier_one(trained_run
     state = load_trial_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000001")))
     assert state["iter"] == 20 and not marker.exists()
     _crafted(trial / "checkpoint_000000", marker)
-    from trainables.loop import CheckpointError
+    from trainables.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="refused to load.*no earlier readable checkpoint"):
         load_trial_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000001")))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from trainables import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
-from trainables.loop import CheckpointError, resolve_device
+from trainables.device import resolve_device
+from trainables.errors import CheckpointError
 
 # threads pinned: float results depend on torch's thread count, which other tests change process-wide
 TINY = {"cell": "rnn", "digits": 5, "iters": 600, "eval_every": 50, "eval_size": 500, "seed": 1, "threads": 1}
@@ -164,7 +165,7 @@ def test_allocator_tuning_applies_on_glibc():
     """train() keeps large step temporaries on malloc's heap (docs/PERFORMANCE.md); on glibc the calls succeed."""
     import platform
 
-    from trainables.loop import tune_allocator
+    from trainables.device import tune_allocator
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning is glibc-only")

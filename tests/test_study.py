@@ -167,7 +167,7 @@ def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
     from orchestrator.space import parse_space
     from orchestrator.study import check_fits, trial_resources
     from orchestrator.errors import UserError
-    from trainables.loop import resolve_device
+    from trainables.device import resolve_device
     from trainables.tune_adapter import trial_threads
 
     spec = parse_space("resources: {cpu: 1, gpu: 0.25}\nspace: {digits: 5}\n", "gpu.yaml")

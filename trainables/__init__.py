@@ -10,8 +10,8 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, field_specs
 
-_LAZY = {"AdderNet": "model", "CheckpointError": "errors", "load_checkpoint": "loop", "load_model": "loop",
-         "save_checkpoint": "loop", "train": "loop"}
+_LAZY = {"AdderNet": "model", "CheckpointError": "errors", "load_checkpoint": "checkpoint", "load_model": "checkpoint",
+         "save_checkpoint": "checkpoint", "train": "loop"}
 
 __all__ = ["AdderNet", "CheckpointError", "ConfigError", "TrainConfig", "field_specs", "load_checkpoint",
            "load_model", "save_checkpoint", "train"]

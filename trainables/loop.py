@@ -1,4 +1,4 @@
-"""The plain training loop and its checkpoints. Nothing in this file knows about Ray.
+"""The plain training loop. Nothing in this file knows about Ray.
 
 ``train(config, report, resume_from)`` runs Adam on fresh batches, evaluates every ``eval_every`` iterations on
 a fixed evaluation set, and calls ``report(metrics, checkpoint)`` after each evaluation, where ``checkpoint()``
@@ -10,70 +10,22 @@ Host synchronisation happens only at reports: the training loss is accumulated o
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from . import fused
+from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig
 from .data import eval_set, train_batch
-from .errors import CheckpointError, first_line  # noqa: F401  (CheckpointError re-exported)
+from .device import resolve_device, rng_state, set_rng_state, tune_allocator
+from .errors import CheckpointError, first_line
 from .model import AdderNet
 
-CHECKPOINT_FORMAT = "adder-sweep-checkpoint/1"
-CHECKPOINT_FILE = "checkpoint.pt"
-
 Report = Callable[[dict, Callable[[], dict]], None]
-
-
-def resolve_device(requested: str, gpus_assigned: Optional[int] = None) -> torch.device:
-    """The device a run uses. ``gpus_assigned`` (from a scheduler such as Ray) overrides ``auto``:
-    a trial given a GPU uses CUDA, one given none uses the CPU."""
-    if requested == "auto":
-        if gpus_assigned is not None:
-            return torch.device("cuda" if gpus_assigned > 0 else "cpu")
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was requested but torch sees no CUDA device")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device mps was requested but torch sees no MPS device")
-    return torch.device(requested)
-
-
-_ALLOCATOR_TUNED = False
-
-
-def tune_allocator() -> bool:
-    """On glibc (Linux), let ``malloc`` serve large blocks from its heaps and keep freed memory (up to 1 GB).
-
-    A training step allocates tens of MB of temporaries (the activations of every time step). By default glibc
-    maps such blocks freshly with ``mmap`` and unmaps them on free, so every iteration pays a page fault per
-    4 KB touched (about 0.5 ms per MB here): the LSTM step at 100 digits runs 1.4x faster without that
-    (docs/PERFORMANCE.md). Process-wide and idempotent; it changes no result, only where memory
-    comes from. Returns whether the settings apply."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 1024 * 1024 * 1024) == 1
-        ok = libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024) == 1 and ok
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        return False
-    _ALLOCATOR_TUNED = ok
-    return ok
 
 
 def exact_match(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -105,20 +57,6 @@ def evaluate(model: AdderNet, sets: dict[int, Any]) -> dict[int, tuple[float, fl
         out[length] = (exact_match(pred, batch.target).item(), digit_match(pred, batch.target).item())
     model.train()
     return out
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Optional[dict] = None,
@@ -155,7 +93,7 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
             optimizer.load_state_dict(resume_from["optimizer"])
             if scheduler is not None and resume_from.get("scheduler") is not None:
                 scheduler.load_state_dict(resume_from["scheduler"])
-            _set_rng_state(resume_from["rng"])
+            set_rng_state(resume_from["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint of iteration {resume_from.get('iter')} does not fit this run "
                                   f"(cell {ckpt_cfg.get('cell')}, layers {ckpt_cfg.get('layers')} in the checkpoint "
@@ -181,7 +119,7 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "iter": it,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best": best,
             "last": last,
             "iters_to_solve": iters_to_solve,
@@ -271,107 +209,3 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
             report({**last, "iter": it, "status": "diverged", "iters_to_solve": iters_to_solve}, None)
     summary["model"] = model
     return summary
-
-
-# -- checkpoint files ------------------------------------------------------------------------------------
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-REQUIRED_KEYS = ("format", "config", "model", "optimizer", "iter", "rng")
-
-
-def _unsafe_global(exc: Exception) -> str | None:
-    """The global a weights-only load refused (e.g. ``posix.system``), if that is why it failed."""
-    import re
-
-    m = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", str(exc))  # torch >= 2.4 / 2.3
-    return m.group(1) if m else None
-
-
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint file itself, given it or a run/checkpoint directory holding it."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / CHECKPOINT_FILE, path / "checkpoint" / CHECKPOINT_FILE]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise CheckpointError(f"{path}: no {CHECKPOINT_FILE} in this directory; is it an adder-sweep run?")
-        path = found
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and check a checkpoint file, or the checkpoint inside a run/checkpoint directory.
-
-    A checkpoint is data, never code: it is read with ``weights_only=True``, so a file that would import or call
-    anything beyond tensors and plain containers is refused before any of it runs. Every way a file can be wrong
-    (missing, truncated, not ours, another format version, keys missing) is a CheckpointError naming the file."""
-    import pickle
-
-    path = checkpoint_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        culprit = _unsafe_global(exc)
-        if culprit is not None:
-            raise CheckpointError(f"{path}: refused to load: the file asks to import or call {culprit}, which a "
-                                  "checkpoint never contains (loading it could run code); it is not an adder-sweep "
-                                  "checkpoint -- do not use files from sources you do not trust") from None
-        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {first_line(exc)}); "
-                              "it may be truncated -- resume from an earlier checkpoint or retrain") from None
-    except Exception as exc:  # truncated zip, not a torch file at all, ...
-        raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {first_line(exc)}); "
-                              "it may be truncated -- resume from an earlier checkpoint or retrain") from None
-    check_checkpoint(state, path)
-    return state
-
-
-def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
-    """Raise CheckpointError unless ``state`` is a checkpoint dict of the format this version reads."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (it holds a {type(state).__name__}, not the "
-                              f"checkpoint dict of format {CHECKPOINT_FORMAT})")
-    fmt = state.get("format")
-    if fmt is None:
-        keys = ", ".join(sorted(map(str, state))[:6]) or "none"
-        raise CheckpointError(f"{path}: not an adder-sweep checkpoint (no 'format' key; its keys: {keys}); "
-                              f"this version reads format {CHECKPOINT_FORMAT}")
-    if fmt != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {fmt!r}, but this version of adder-sweep reads "
-                              f"{CHECKPOINT_FORMAT!r}; use the adder-sweep version that wrote it")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
-    if not isinstance(state["config"], dict) or not isinstance(state["model"], dict) \
-            or not isinstance(state["iter"], int):
-        raise CheckpointError(f"{path}: damaged checkpoint: config, model or iter has the wrong type")
-
-
-def model_from_checkpoint(state: dict, path: str | os.PathLike) -> AdderNet:
-    """The AdderNet a checked checkpoint describes, with its weights (CheckpointError if they do not fit)."""
-    from .config import ConfigError
-
-    try:
-        config = TrainConfig.from_flat(state["config"], source="config")
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint: its {exc}") from None
-    model = AdderNet.from_config(config)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint: the weights do not fit its config "
-                              f"({first_line(exc)})") from None
-    return model
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AdderNet:
-    """An AdderNet from a run directory or checkpoint file; the architecture comes from the checkpoint."""
-    return model_from_checkpoint(load_checkpoint(path), checkpoint_file(path)).to(device).eval()

@@ -30,7 +30,7 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     earlier ones Ray kept beside it; resuming from an earlier iteration replays the same batches."""
     import pyarrow.fs as pafs
 
-    from .loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+    from .checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 
     try:
         with checkpoint.as_directory() as d:
@@ -129,7 +129,8 @@ def checkpoint_at(uri: str) -> tune.Checkpoint:
 
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train``."""
-    from .loop import CHECKPOINT_FILE, save_checkpoint, train
+    from .checkpoint import CHECKPOINT_FILE, save_checkpoint
+    from .loop import train
     # Ray logs every saved checkpoint at INFO from the worker; the live table already shows progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
