@@ -174,11 +174,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "run.json").is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no run.json); start a new run instead")
         resume_state = load_checkpoint(run_dir)
-        extra = set(overrides) - {"iters"}
+        extra = set(overrides) - {"iters"} - ({"device"} if overrides.get("device") == "cpu" else set())
         if extra:
-            raise UserError(f"--resume keeps the run's config; only --iters may change (got {', '.join(sorted(extra))})")
+            raise UserError(f"--resume keeps the run's config; only --iters may change, and --device cpu moves a "
+                            f"GPU run to the CPU (got {', '.join(sorted(extra))})")
         model_from_checkpoint(resume_state, run_dir / CHECKPOINT_FILE)  # config and weights must fit, or exit 2
         cfg = TrainConfig.from_flat({**resume_state["config"], **overrides}, source="flags")
+        from trainables.device import resume_device
+        from trainables.errors import DeviceError
+
+        try:
+            _, note = resume_device(resume_state, cfg.run.device)
+        except DeviceError as exc:
+            raise UserError(f"--resume {run_dir}: {exc}") from None
+        if note:
+            print(f"adder-sweep train: {note}", file=sys.stderr)
         try:
             record = json.loads((run_dir / "run.json").read_text())
         except (ValueError, OSError) as exc:
@@ -195,10 +205,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable_dir(run_dir, "--out")
         from trainables import fused
         from trainables.device import resolve_device
+        from trainables.errors import DeviceError
 
         try:
             device = resolve_device(cfg.run.device)
-        except RuntimeError as exc:
+        except DeviceError as exc:
             raise UserError(f"--device {cfg.run.device}: {exc}") from None
         if fused.used_for(cfg.model.kernel, cfg.model.cell, device):
             try:

@@ -102,7 +102,7 @@ def test_a_trial_in_error_makes_the_sweep_exit_1_naming_it(ray_local, tmp_path, 
     assert "adder-sweep sweep: 2 trials ended in error:" in err
     lines = [l for l in err.splitlines() if "device=" in l]
     assert len(lines) == 2 and all("device=cuda" in l for l in lines), lines
-    assert all("RuntimeError: device cuda was requested but torch sees no CUDA device" in l for l in lines)
+    assert all("DeviceError: device cuda was requested but torch sees no CUDA device" in l for l in lines)
     error_file = err.split("full error: ")[1].splitlines()[0]
     assert Path(error_file).is_file() and "device cuda" in Path(error_file).read_text()
     assert "adder-sweep resume err" in err and "Study page:" not in out.out

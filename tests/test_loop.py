@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from trainables import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
-from trainables.device import resolve_device
 from trainables.errors import CheckpointError
 
 # threads pinned: float results depend on torch's thread count, which other tests change process-wide
@@ -134,15 +133,6 @@ def test_load_model_and_corrupt_checkpoint(tmp_path):
         load_model(path)
     with pytest.raises(CheckpointError, match="missing: no such checkpoint file"):
         load_model(tmp_path / "missing")
-
-
-def test_device_decision():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto", gpus_assigned=1).type == "cuda"
-    assert resolve_device("auto", gpus_assigned=0).type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
-            resolve_device("cuda")
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])

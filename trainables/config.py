@@ -98,6 +98,8 @@ class RunConfig:
     """torch CPU threads; 0 keeps torch's default"""
     denormals: str = "flush"
     """CPU floats below 1.2e-38: flush to zero (unstable runs train up to 13x faster; stable runs unchanged) or keep"""
+    deterministic: bool = True
+    """on CUDA, deterministic cuDNN and cuBLAS kernels: the same numbers for the same seed (false: faster, not repeatable)"""
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
@@ -248,6 +250,8 @@ def coerce(value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # a command-line flag's text
+            return value.strip().lower() == "true"
         raise TypeError(f"expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):

@@ -7,23 +7,66 @@ from typing import Optional
 
 import torch
 
+from .errors import DeviceError
 
-def resolve_device(requested: str, gpus_assigned: Optional[int] = None) -> torch.device:
-    """The device a run uses. ``gpus_assigned`` (from a scheduler such as Ray) overrides ``auto``:
-    a trial given a GPU uses CUDA, one given none uses the CPU."""
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(requested: str, gpus_assigned: Optional[float] = None) -> torch.device:
+    """The device a run uses. ``gpus_assigned`` (from a scheduler such as Ray) overrides ``auto``: a trial given
+    no GPU uses the CPU -- without asking torch about accelerators, so a CPU trial on a GPU node never touches
+    CUDA -- and one given a GPU share uses the accelerator torch has (CUDA, or MPS on Apple silicon, which Ray
+    also counts as a GPU). DeviceError if the device asked for is not there."""
     if requested == "auto":
-        if gpus_assigned is not None:
-            return torch.device("cuda" if gpus_assigned > 0 else "cpu")
+        if gpus_assigned is not None and gpus_assigned <= 0:
+            return torch.device("cpu")
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
+        if gpus_assigned is not None:
+            raise DeviceError(f"the trial was given {gpus_assigned:g} GPU but torch sees neither CUDA nor MPS "
+                              "on this node (a CPU-only torch build?)")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was requested but torch sees no CUDA device")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device mps was requested but torch sees no MPS device")
+        raise DeviceError("device cuda was requested but torch sees no CUDA device")
+    if requested == "mps" and not _mps_available():
+        raise DeviceError("device mps was requested but torch sees no MPS device")
     return torch.device(requested)
+
+
+def resume_device(state: dict, requested: str, gpus_assigned: Optional[float] = None) -> tuple[torch.device, str]:
+    """The device a run resumed from checkpoint ``state`` continues on, and a note when it is not the one the run
+    trained on. Another device gives other numbers, so it is taken only when the config names it explicitly
+    (``train --resume DIR --device cpu``); a run that trained on CUDA and would fall back to the CPU because
+    ``auto`` finds no GPU here is a DeviceError instead, as is a run on ``cuda`` where there is none."""
+    trained = trained_on(state)
+    try:
+        device = resolve_device(requested, gpus_assigned)
+    except DeviceError as exc:
+        raise DeviceError(f"{exc}, and the run trained on {trained or requested} (checkpoint of iteration "
+                          f"{state.get('iter')}); continue it on the CPU with --device cpu (its numbers then "
+                          "differ from the GPU's)") from None
+    if trained is None or device.type == trained:
+        return device, ""
+    if requested == device.type:
+        return device, (f"continuing on {device.type} a run that trained on {trained} (checkpoint of iteration "
+                        f"{state.get('iter')}): from here its numbers differ from a run that stayed on {trained}")
+    raise DeviceError(f"the run trained on {trained} (checkpoint of iteration {state.get('iter')}) and would "
+                      f"continue on {device.type} here (device {requested}); continue it on {device.type} "
+                      f"explicitly with --device {device.type} (its numbers then differ), or resume it where "
+                      f"{trained} is available")
+
+
+def trained_on(state: dict) -> Optional[str]:
+    """The device type a checkpoint's run trained on: recorded since checkpoints carry ``device``; before, known
+    only when the config named it."""
+    if state.get("device"):
+        return str(state["device"])
+    named = (state.get("config") or {}).get("device")
+    return named if named in ("cpu", "cuda", "mps") else None
 
 
 _ALLOCATOR_TUNED = False
@@ -53,15 +96,40 @@ def tune_allocator() -> bool:
     return ok
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The random-number state a checkpoint keeps: Python's, torch's CPU generator, and -- for a CUDA run only --
+    the generator of the one GPU it uses. A CPU run never asks CUDA (which would initialise it, and store one
+    state per visible GPU)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Put back ``rng_state``'s generators, for the device this run uses. Checkpoints written before this kept a
+    list of every visible GPU's state: the entry of this run's GPU is used if it is there."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels on CUDA (cuDNN's RNN backward is not deterministic otherwise), or torch's defaults.
+    Process-wide, so set on every run: a reused Ray worker may have run a trial with the other setting. cuBLAS
+    also needs CUBLAS_WORKSPACE_CONFIG before its first handle exists (``CUBLAS_WORKSPACE``: ``train`` sets it
+    in its process before a CUDA run's first handle, for the CLI and every trial alike)."""
+    on = deterministic and device.type == "cuda"
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on, warn_only=False)
+
+
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch's docs: what deterministic cuBLAS needs

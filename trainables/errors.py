@@ -5,6 +5,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, not an adder-sweep checkpoint, or refused (it would run code)."""
 
 
+class DeviceError(RuntimeError):
+    """The device a run asks for is not on this machine, or a resumed run would continue on another device than
+    it trained on without being told to."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The informative start of an exception's text for a one-line message: its first line, or the first two
     when the first only announces a list (torch's "Error(s) in loading state_dict for AdderNet:"); the exception's

@@ -10,6 +10,7 @@ Host synchronisation happens only at reports: the training loss is accumulated o
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ from . import fused
 from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig
 from .data import eval_set, train_batch
-from .device import resolve_device, rng_state, set_rng_state, tune_allocator
+from .device import CUBLAS_WORKSPACE, resolve_device, resume_device, rng_state, set_determinism, set_rng_state, tune_allocator
 from .errors import CheckpointError, first_line
 from .model import AdderNet
 
@@ -64,11 +65,19 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
     """Train an AdderNet; returns a summary (status, iters, iters_to_solve, final and best metrics)."""
     config.validate()
     m, d, o, r = config.model, config.data, config.optim, config.run
-    device = resolve_device(r.device, gpus_assigned)
+    if resume_from is not None:
+        device, _ = resume_device(resume_from, r.device, gpus_assigned)
+    else:
+        device = resolve_device(r.device, gpus_assigned)
     if device.type == "cpu":
         tune_allocator()
     # process-wide, so set on every run: a reused Ray worker may have run a trial with the other setting
     torch.set_flush_denormal(r.denormals == "flush")
+    if device.type == "cuda":
+        # before this run's first cuBLAS handle (a reused worker's earlier trial set it before its own): without
+        # it, deterministic mode refuses cuBLAS matmuls; always set, so a later deterministic trial can run
+        os.environ.setdefault(*CUBLAS_WORKSPACE)
+    set_determinism(r.deterministic, device)
     if r.threads > 0:
         torch.set_num_threads(r.threads)
 
@@ -93,7 +102,7 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
             optimizer.load_state_dict(resume_from["optimizer"])
             if scheduler is not None and resume_from.get("scheduler") is not None:
                 scheduler.load_state_dict(resume_from["scheduler"])
-            set_rng_state(resume_from["rng"])
+            set_rng_state(resume_from["rng"], device)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint of iteration {resume_from.get('iter')} does not fit this run "
                                   f"(cell {ckpt_cfg.get('cell')}, layers {ckpt_cfg.get('layers')} in the checkpoint "
@@ -119,7 +128,8 @@ def train(config: TrainConfig, report: Optional[Report] = None, resume_from: Opt
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "iter": it,
-            "rng": rng_state(),
+            "rng": rng_state(device),
+            "device": device.type,
             "best": best,
             "last": last,
             "iters_to_solve": iters_to_solve,
