@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .errors import DeviceError
+from .errors import DeviceError, GpuMemoryError
 
 
 def _mps_available() -> bool:
@@ -133,3 +133,40 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch's docs: what deterministic cuBLAS needs
+
+
+def limit_gpu_memory(device: torch.device, share: Optional[float]) -> Optional[float]:
+    """Cap this process's caching allocator at ``share`` of the GPU (a Ray trial's fractional GPU), and free the
+    blocks a reused worker's previous trial left cached; returns the cap, or None when there is none (the whole
+    GPU, or not a CUDA run). The cap covers what torch allocates, not the CUDA context each process holds
+    beside it (hundreds of MB per process, measured by benchmarks/gpu.py)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    fraction = float(share) if share is not None and 0 < share < 1 else 1.0
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction if fraction < 1 else None
+
+
+def oom_message(exc: BaseException, cap: Optional[float], total_bytes: Optional[int]) -> str:
+    """One line for a CUDA out-of-memory error: what was asked (torch's "Tried to allocate"), the cap, the way out."""
+    import re
+
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", str(exc))
+    what = f"tried to allocate {asked.group(1)}" if asked else "an allocation failed"
+    gib = f" of the GPU's {total_bytes / 2**30:.1f} GiB" if total_bytes else ""
+    limit = (f"with this trial capped at {cap:.0%}{gib} (its GPU share)" if cap is not None else
+             f"with the whole GPU{gib} available")
+    return (f"CUDA out of memory: {what} {limit}; give the trial a larger GPU share (resources.gpu), or lower "
+            "eval_size, batch_size or the eval lengths")
+
+
+def gpu_total_bytes(device: torch.device) -> Optional[int]:
+    try:
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    except Exception:  # noqa: BLE001 (only for the message)
+        return None
+
+
+def as_memory_error(exc: BaseException, device: torch.device, cap: Optional[float]) -> GpuMemoryError:
+    return GpuMemoryError(oom_message(exc, cap, gpu_total_bytes(device)))

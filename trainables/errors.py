@@ -10,6 +10,11 @@ class DeviceError(RuntimeError):
     it trained on without being told to."""
 
 
+class GpuMemoryError(DeviceError):
+    """A CUDA run ran out of the GPU memory it may use; the message says how much was asked and what the cap was.
+    Retrying the same run repeats it: a Ray trial marks it so its retry fails at once (trainables/tune_adapter)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The informative start of an exception's text for a one-line message: its first line, or the first two
     when the first only announces a list (torch's "Error(s) in loading state_dict for AdderNet:"); the exception's
