@@ -74,12 +74,19 @@ def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
-def print_study_summary(storage: Storage, name: str) -> None:
+def print_study_summary(storage: Storage, name: str, study=None) -> None:
+    """The end of a sweep, extend or resume: trials by state and outcome, and the best trial -- by the ranking
+    rule of the report and the study page (results/report.py: rank_trials) when ``study`` (its tables) is given."""
     s = study_summary(storage, name)
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(s["outcomes"].items()))
     print(f"Study {name} ({storage.uri(name)}): {s['trials']}/{s['planned']} trials: {counts or 'none started'}"
           + (f"; outcomes: {outcomes}" if outcomes else ""))
+    if study is not None and len(study.trials):
+        line = best_trial_line(study)
+        if line:
+            print(line)
+        return
     t = s["best_trial"]
     if t is not None:
         cfg = t["config"]
@@ -92,6 +99,23 @@ def print_study_summary(storage: Storage, name: str) -> None:
         values = " ".join(f"{k}={_fmt(cfg.get(k))}" for k in keys if k in cfg)
         print(f"{head}: {values} (status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve "
               f"{_fmt(lr_.get('iters_to_solve'))})" + tie)
+
+
+def best_trial_line(study) -> Optional[str]:
+    """The best trial in one line, by the report's ranking rule (its metric; iters_to_solve when all solved;
+    best_loss when all tie), with its swept keys and seed."""
+    from .results.report import fmt, rank_trials
+
+    ranked, value, why = rank_trials(study)
+    if ranked.empty:
+        return None
+    best = ranked.iloc[0]
+    keys = [k for k in study.swept if k != "seed"] + ["seed"]
+    values = " ".join(f"{k}={fmt(best[k]) if not isinstance(best[k], str) else best[k]}" for k in keys
+                      if k in best.index)
+    its = best.get("iters_to_solve")
+    return (f"Best {value} = {fmt(best[value])} by {best['trial_id']}: {values} (outcome {best.get('outcome')}, "
+            f"iters {best.get('iters_run')}, iters_to_solve {fmt(its)})" + (f"; {why}" if why else ""))
 
 
 def print_status(storage_root: str, name: Optional[str]) -> int:

@@ -207,7 +207,7 @@ def finish(outcome, args) -> int:
     study = _write_page(storage, outcome.name) if write_tables(storage, outcome.name) is not None else None
     print()
     try:
-        print_study_summary(storage, outcome.name)
+        print_study_summary(storage, outcome.name, study)
     except UserError as exc:
         print(f"adder-sweep: {exc}", file=sys.stderr)
     if study is not None:

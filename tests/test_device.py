@@ -131,3 +131,35 @@ def test_train_resume_of_a_gpu_run_without_cuda_is_one_line_and_device_cpu_conti
     assert json.loads((out / "summary.json").read_text())["iters"] == 40
     p = run_cli("train", "--resume", out, "--iters=50", "--device", "cuda", "--quiet")
     assert p.returncode == 2 and "only --iters" in p.stderr  # cpu is the one device a resume may be moved to
+
+
+def test_a_gpu_share_caps_the_allocator_and_an_oom_names_the_ask_and_the_cap(monkeypatch):
+    from trainables.device import limit_gpu_memory, oom_message
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: calls.append(fraction))
+    assert limit_gpu_memory(torch.device("cuda", 0), 0.25) == 0.25 and calls == ["empty", 0.25]
+    assert limit_gpu_memory(torch.device("cuda", 0), 1) is None and calls[-1] == 1.0  # a reused worker: no cap
+    calls.clear()
+    assert limit_gpu_memory(torch.device("cpu"), 0.25) is None and calls == []
+    exc = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.56 GiB. GPU 0 has a total capacity of "
+                                 "139.72 GiB of which 1.00 GiB is free.")
+    line = oom_message(exc, 0.25, 150 * 2**30)
+    assert line.startswith("CUDA out of memory: tried to allocate 2.56 GiB with this trial capped at 25% of the "
+                           "GPU's 150.0 GiB (its GPU share)") and "\n" not in line
+
+
+def test_an_out_of_memory_trial_is_marked_so_its_retry_fails_at_once(tmp_path):
+    import pyarrow.fs as pafs
+
+    from trainables.errors import GpuMemoryError
+    from trainables.tune_adapter import OomMarker
+
+    marker = OomMarker(pafs.LocalFileSystem(), str(tmp_path))
+    marker.raise_if_marked()  # nothing marked: the trial runs
+    marker.mark("CUDA out of memory: tried to allocate 2.56 GiB with this trial capped at 25%")
+    with pytest.raises(GpuMemoryError, match=r"tried to allocate 2.56 GiB .* \(an earlier attempt of this trial; "
+                                             r"not retried\)"):
+        marker.raise_if_marked()

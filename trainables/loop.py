@@ -209,7 +209,8 @@ class _Run:
         self.elapsed += now - t0
         metrics = {"iter": self.it, "loss": mean_loss, "exact_acc": acc[d.digits][0], "digit_acc": acc[d.digits][1],
                    "lr": self.optimizer.param_groups[0]["lr"],
-                   "samples_per_s": window_n * d.batch_size / max(now - t0, 1e-9), "time_s": self.elapsed}
+                   "samples_per_s": window_n * d.batch_size / max(now - t0, 1e-9), "time_s": self.elapsed,
+                   "device": self.device.type, "kernel": self.kernel}
         for L in self.lengths[1:]:
             metrics[f"exact_acc@{L}"] = acc[L][0]
             metrics[f"digit_acc@{L}"] = acc[L][1]

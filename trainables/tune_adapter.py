@@ -15,6 +15,7 @@ import ray
 from ray import tune
 
 from .config import TrainConfig
+from .errors import GpuMemoryError
 
 # ``.loop`` (and so torch) is imported inside the functions: the sweep's driver imports this module to name the
 # trainable, and has no use for torch; the trial worker imports it when the trial starts.
@@ -127,6 +128,37 @@ def checkpoint_at(uri: str) -> tune.Checkpoint:
     return tune.Checkpoint(path, filesystem=fs)
 
 
+class OomMarker:
+    """A file in the trial's folder on storage (``gpu_out_of_memory.txt``) holding the line of a CUDA
+    out-of-memory error. Tune retries any error up to ``max_failures`` times, and the same trial on the same GPU
+    share runs out of memory again: its retry fails at once with the same line instead."""
+
+    NAME = "gpu_out_of_memory.txt"
+
+    def __init__(self, fs, folder: str):
+        self.fs, self.path = fs, f"{folder.rstrip('/')}/{self.NAME}"
+
+    @classmethod
+    def of_trial(cls) -> "OomMarker":
+        storage = tune.get_context().get_storage()
+        return cls(storage.storage_filesystem, storage.trial_fs_path)
+
+    def raise_if_marked(self) -> None:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                line = f.read().decode().strip()
+        except (FileNotFoundError, OSError):
+            return
+        raise GpuMemoryError(f"{line} (an earlier attempt of this trial; not retried)")
+
+    def mark(self, line: str) -> None:
+        try:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(line.encode())
+        except OSError:
+            pass  # without the marker the retry runs out of memory again: slower, not wrong
+
+
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train``."""
     from .checkpoint import CHECKPOINT_FILE, save_checkpoint
@@ -159,4 +191,11 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
             save_checkpoint(make_checkpoint(), Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(cfg, report=report, resume_from=state, gpus_assigned=len(ray.get_gpu_ids()))
+    oom = OomMarker.of_trial()
+    oom.raise_if_marked()  # a retry of a trial that ran out of GPU memory would only run out again
+    try:
+        train(cfg, report=report, resume_from=state, gpus_assigned=len(ray.get_gpu_ids()),
+              gpu_share=resources.get("GPU"))
+    except GpuMemoryError as exc:
+        oom.mark(str(exc))
+        raise

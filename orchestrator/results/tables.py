@@ -266,7 +266,8 @@ def trials_schema(lengths: Iterable[int] = ()):
            [(f"best_{k}_iter", pa.int64()) for k in SCORES] + [
         ("iters_to_solve", pa.int64()), ("iters_run", pa.int64()), ("reports", pa.int64()),
         ("wall_s", pa.float64()), ("train_s", pa.float64()), ("num_failures", pa.int64()),
-        ("node", pa.string()), ("hostname", pa.string()), ("error_file", pa.string()), ("trial_dir", pa.string()),
+        ("node", pa.string()), ("hostname", pa.string()), ("device_ran", pa.string()), ("kernel_ran", pa.string()),
+        ("error_file", pa.string()), ("trial_dir", pa.string()),
         ("config_id", pa.string()), ("generation", pa.int64()), ("first_generation", pa.int64()),
         ("tune_trials", pa.string())]
     tail += [(c, pa.float64()) for c in length_columns(lengths, "final_")]
@@ -417,7 +418,8 @@ def tables_from(name: str, per_trial: list, ids=None, meta: Optional[dict] = Non
             "iters_run": last.get("iter"), "reports": len(reports),
             "wall_s": wall, "train_s": _num(last.get("time_s")),
             "num_failures": sum(c.get("num_failures", 0) for c in chain), "node": last.get("node"),
-            "hostname": last.get("hostname"), "error_file": t.get("error_file"), "trial_dir": t.get("dir"),
+            "hostname": last.get("hostname"), "device_ran": last.get("device"), "kernel_ran": last.get("kernel"),
+            "error_file": t.get("error_file"), "trial_dir": t.get("dir"),
             "config_id": ids(config) if ids else None, "generation": t.get("generation", 0),
             "first_generation": first.get("generation", 0), "tune_trials": ",".join(c["trial_id"] for c in chain),
             **{f"final_{c}": _num(last.get(c)) for c in extra},
