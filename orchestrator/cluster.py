@@ -320,9 +320,12 @@ def trial_runtime_env(user: Optional[dict], ship_code: bool) -> dict:
 
 
 # -- probe -----------------------------------------------------------------------------------------------------
-def probe(conn: Connection, storage: Storage, *, fused: bool = False, timeout: float = PROBE_TIMEOUT_S) -> list[dict]:
+def probe(conn: Connection, storage: Storage, *, fused: bool = False, cuda: bool = False,
+          timeout: float = PROBE_TIMEOUT_S) -> list[dict]:
     """Run the node check (``trainables.tune_adapter.node_check``) on every alive node; UserError naming the
-    first node that fails, with the likely cause. Returns each node's answer."""
+    first node that fails, with the likely cause. Returns each node's answer. ``fused``: trials build the fused
+    kernel (a compiler and ninja needed); ``cuda``: trials train on CUDA, so every node that offers GPUs must have
+    a torch that sees them."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -341,7 +344,7 @@ def probe(conn: Connection, storage: Storage, *, fused: bool = False, timeout: f
         pending = {}
         for n in nodes:
             ref = check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                storage.fs, marker, token, fused)
+                storage.fs, marker, token, fused, cuda and (n.get("Resources") or {}).get("GPU", 0) > 0)
             pending[ref] = n
         answers, deadline = [], time.monotonic() + timeout
         while pending:

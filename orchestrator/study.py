@@ -138,11 +138,23 @@ def trial_resources(spec: StudySpec) -> dict:
     return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
 
 
-def uses_fused_kernel(spec: StudySpec) -> bool:
-    from .space import Dist
+def _values(spec: StudySpec, key: str, default) -> list:
+    v = spec.space.get(key, default)
+    return list(v.args) if isinstance(v, Dist) else [v]
 
-    kernel = spec.space.get("kernel")
-    return kernel == "fused" or (isinstance(kernel, Dist) and "fused" in kernel.args)
+
+def uses_fused_kernel(spec: StudySpec) -> bool:
+    """Whether some trial builds the fused kernel: ``kernel: fused`` for an rnn or gru cell trained on the CPU
+    (lstm and CUDA run torch's kernels), so only then does the probe ask the nodes for a compiler and ninja."""
+    on_cpu = spec.resources["gpu"] == 0 or "cpu" in _values(spec, "device", "auto")
+    return "fused" in _values(spec, "kernel", "torch") and on_cpu and \
+        bool({"rnn", "gru"} & set(_values(spec, "cell", "rnn")))
+
+
+def needs_cuda(spec: StudySpec) -> bool:
+    """Whether trials train on a GPU: a GPU share with device auto or cuda (``device: cpu`` with a share trains on
+    the CPU, as the logical-GPU scheduling test does)."""
+    return spec.resources["gpu"] > 0 and bool({"auto", "cuda"} & set(_values(spec, "device", "auto")))
 
 
 def build_trainable(spec: StudySpec):
@@ -261,7 +273,7 @@ def _connect_and_probe(address: Optional[str], storage: Storage, spec: StudySpec
     try:
         check_fits(spec)
         if not conn.embedded:
-            probe(conn, storage, fused=uses_fused_kernel(spec))
+            probe(conn, storage, fused=uses_fused_kernel(spec), cuda=needs_cuda(spec))
     except BaseException:
         disconnect(conn)
         raise

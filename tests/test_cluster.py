@@ -132,7 +132,7 @@ def _free_port() -> int:
 class Head:
     """`ray start --head --block` on loopback, in its own process group, with its own temp dir and token file."""
 
-    def __init__(self, base: Path, token_mode: bool, num_cpus: int = 2):
+    def __init__(self, base: Path, token_mode: bool, num_cpus: int = 2, num_gpus: int = 0):
         self.base, self.port = base, _free_port()
         self.token = base / "cluster_token"
         self.token.write_text(secrets.token_hex(32))
@@ -142,7 +142,8 @@ class Head:
         self.log = open(base / "head.log", "ab")
         self.procs = [subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
-             str(self.port), "--num-cpus", str(num_cpus), "--temp-dir", str(temp), "--include-dashboard", "false",
+             str(self.port), "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus), "--temp-dir", str(temp),
+             "--include-dashboard", "false",
              "--disable-usage-stats", "--dashboard-agent-listen-port", str(_free_port()),
              "--ray-client-server-port", str(_free_port()), "--metrics-export-port", str(_free_port())],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)]
@@ -279,3 +280,72 @@ def test_the_tests_never_touch_the_users_ray_token(ray_local):
     """conftest gives this test process its own token file; a local ray.init() must not write ~/.ray."""
     assert os.environ["RAY_AUTH_TOKEN_PATH"].startswith(os.environ["ADDER_SWEEP_TEST_TOKEN_DIR"])
     assert Path(os.environ["RAY_AUTH_TOKEN_PATH"]).is_file()
+
+
+# -- GPUs: Ray's logical GPUs on a CPU machine test scheduling, not CUDA -----------------------------------------
+LOGICAL = """\
+# eight trials sharing two logical GPUs, training on the CPU
+name: shares
+num_samples: 8
+search: {type: random, seed: 0}
+resources: {cpu: 0.25, gpu: 0.25}
+max_concurrent: 8
+space:
+  lr: {loguniform: [0.001, 0.01]}
+  device: cpu
+  digits: 3
+  hidden: 16
+  iters: 400
+  eval_every: 20
+  eval_size: 50
+  target: 1.5
+"""
+
+
+def test_fractional_gpus_run_eight_trials_at_once_on_two_logical_gpus(tmp_path):
+    """`ray start --num-gpus 2`: at gpu 0.25 per trial, all 8 trials run at once (their report times overlap),
+    each given one of the two GPU ids; a study that trains on CUDA there is refused by the probe, since this
+    machine's torch sees no CUDA device behind Ray's logical GPUs."""
+    from orchestrator.results.tables import load_reports, load_trials
+    from orchestrator.storage import Storage
+
+    head = Head(tmp_path, token_mode=False, num_cpus=2, num_gpus=2)
+    try:
+        space = write_space(tmp_path / "shares.yaml", LOGICAL)
+        storage = tmp_path / "res"
+        env = _driver_env(tmp_path / "no_token", RAY_ADDRESS=head.address)
+        p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "s", "--storage",
+                            str(storage)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        st = Storage.open(storage)
+        runs = {t["trial_id"]: load_reports(st, "s", t["dir"]) for t in load_trials(st, "s")}
+        assert len(runs) == 8 and all(len(r) == 20 for r in runs.values())
+        spans = [(r[0]["timestamp"], r[-1]["timestamp"]) for r in runs.values()]
+        assert max(a for a, _ in spans) <= min(b for _, b in spans), spans  # one moment when all 8 ran
+        given = {r[0]["cuda_visible_devices"] for r in runs.values()}
+        assert given == {"0", "1"}, given  # a share of one GPU each, both GPUs used
+        p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "cuda",
+                            "--storage", str(storage), "--set", "device=auto"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path, env=env)
+        assert p.returncode == 2, p.stderr[-3000:]
+        assert "trials train on CUDA and this node offers GPUs to Ray, but its torch" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and not (storage / "cuda").exists()
+    finally:
+        head.stop()
+
+
+def test_the_probe_asks_for_a_compiler_only_where_the_fused_kernel_builds():
+    from orchestrator.space import parse_space
+    from orchestrator.study import needs_cuda, uses_fused_kernel
+
+    def spec(text):
+        return parse_space(text + "\n", "k.yaml")
+
+    assert uses_fused_kernel(spec("space: {kernel: fused, cell: gru}"))
+    assert not uses_fused_kernel(spec("space: {kernel: fused, cell: lstm}"))  # lstm keeps torch's kernel
+    assert not uses_fused_kernel(spec("resources: {gpu: 0.5}\nspace: {kernel: fused}"))  # CUDA keeps cuDNN
+    assert uses_fused_kernel(spec("resources: {gpu: 0.5}\nspace: {kernel: fused, device: cpu}"))
+    assert uses_fused_kernel(spec("space: {kernel: {grid: [torch, fused]}, cell: {grid: [lstm, rnn]}}"))
+    assert needs_cuda(spec("resources: {gpu: 0.5}\nspace: {digits: 5}"))
+    assert not needs_cuda(spec("resources: {gpu: 0.5}\nspace: {device: cpu}"))
+    assert not needs_cuda(spec("space: {digits: 5}"))

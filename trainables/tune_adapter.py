@@ -53,10 +53,11 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     raise CheckpointError(f"{error}; no earlier readable checkpoint in {parent}")
 
 
-def node_check(fs, marker_path: str, token: str, fused: bool = False) -> dict:
+def node_check(fs, marker_path: str, token: str, fused: bool = False, cuda: bool = False) -> dict:
     """What a trial needs on this node, run by the driver's probe before a study starts (one zero-CPU task per
     node): the training loop importable, the study's storage visible through the filesystem object trials use (a
-    marker file the driver wrote, with its content), and for ``kernel: fused`` a C++ compiler and ninja."""
+    marker file the driver wrote, with its content), for ``kernel: fused`` a C++ compiler and ninja, and for
+    trials that train on CUDA a torch that sees a CUDA device."""
     import platform
     import shutil
     import socket
@@ -84,6 +85,11 @@ def node_check(fs, marker_path: str, token: str, fused: bool = False) -> dict:
     if seen != token:
         out["problem"] = (f"{marker_path} on this node is not the file the driver wrote: the storage path is a "
                           "different directory here; use a shared filesystem or object storage")
+        return out
+    if cuda and not torch.cuda.is_available():
+        out["problem"] = (f"trials train on CUDA and this node offers GPUs to Ray, but its torch {torch.__version__} "
+                          "sees no CUDA device (a CPU-only torch build, or a driver mismatch); install a CUDA build "
+                          "of torch there, or run the study with --gpus-per-trial 0")
         return out
     if fused:
         missing = [name for name, ok in (("a C++ compiler (c++)", shutil.which("c++") or shutil.which("g++")),
@@ -180,7 +186,9 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     eval_every = cfg.run.eval_every
 
     def report(metrics: dict, make_checkpoint) -> None:
-        metrics = {**metrics, "node": node, "pid": os.getpid()}
+        # the GPUs Ray gave this trial's process, as it sees them (a fractional share: one id, shared)
+        metrics = {**metrics, "node": node, "pid": os.getpid(),
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         final = metrics["status"] != "running"
         # Checkpoint points depend on the iteration alone, so a resumed trial checkpoints where the original would.
         due = final or (metrics["iter"] // eval_every) % checkpoint_every == 0
