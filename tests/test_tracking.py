@@ -100,13 +100,17 @@ class Server:
         return MlflowClient(self.uri)
 
 
-def _require_server() -> None:
-    require(SERVER.exists(), f"no MLflow server at {SERVER}: `make test` builds .venv-mlflow (or set "
-                             "ADDER_SWEEP_MLFLOW_SERVER to an `mlflow` executable)")
+def _require_client() -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
         require(False, "mlflow-skinny is not installed (pip install -e '.[dev]')")
+
+
+def _require_server() -> None:
+    _require_client()
+    require(SERVER.exists(), f"no MLflow server at {SERVER}: `make test` builds .venv-mlflow (or set "
+                             "ADDER_SWEEP_MLFLOW_SERVER to an `mlflow` executable)")
 
 
 @pytest.fixture
@@ -230,7 +234,7 @@ def test_interrupted_resumed_and_extended_study_keeps_one_run_per_trial(server, 
 
 
 def test_server_down_at_launch_is_refused_before_anything_is_written(tmp_path):
-    _require_server()
+    _require_client()  # no server at all: a free port
     uri = f"http://127.0.0.1:{_free_port()}"
     space = write_space(tmp_path / "tracked.yaml", STUDY.replace("ITERS", "40"))
     storage = tmp_path / "res"
