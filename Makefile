@@ -1,13 +1,19 @@
 # make test  -- create .venv if missing, install adder-sweep with its dev extra (and, as root, the system packages
-#              some tests need: tests/sysdeps.sh), run the suite
+#              some tests need: tests/sysdeps.sh), build .venv-mlflow (the MLflow server of tests/test_tracking.py),
+#              run the suite
 # make sweep -- install, then run search_spaces/quick.yaml on an embedded local Ray and print the result
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch>=2.4
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# The MLflow tracking server the tests run has a venv of its own: the full mlflow pins pyarrow < 26, older than the
+# project's; the project itself only needs the client (mlflow-skinny, extra `tracking`).
+MLFLOW_VENV   ?= .venv-mlflow
+MLFLOW_SERVER ?= mlflow==3.17.2
+MLFLOW_STAMP   = $(MLFLOW_VENV)/.installed
 
-.PHONY: install sysdeps test sweep bench clean
+.PHONY: install mlflow-server sysdeps test sweep bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +26,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+$(MLFLOW_STAMP):
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install -q "$(MLFLOW_SERVER)"
+	touch $(MLFLOW_STAMP)
+
+mlflow-server: $(MLFLOW_STAMP)
+
 sysdeps:
 	@tests/sysdeps.sh
 
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps $(MLFLOW_STAMP)
 	$(BIN)/python -m pytest -q -rs --durations=25 $(PYTEST_ARGS)
 
 sweep: $(STAMP)
@@ -33,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache

@@ -211,8 +211,9 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
            space_file: Optional[str] = None, num_samples: Optional[int] = None, repeats: Optional[int] = None,
            dry_run: bool = False,
            runtime_env: Optional[dict] = None, force: bool = False, stopper=None, max_concurrent=None, cpus=None,
-           gpus=None):
-    """Check, plan and run an extension; returns an Outcome, or None when there is nothing to run (or dry run)."""
+           gpus=None, mlflow: Optional[str] = None):
+    """Check, plan and run an extension; returns an Outcome, or None when there is nothing to run (or dry run).
+    Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
     from .claim import claim_existing_study
     from .records import now_iso
     from .study import _connect_and_probe, _fit, build_tuner, run_entry
@@ -231,8 +232,9 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     else:
         new = respec(old, f"{name} (extend)", overrides, num_samples=num_samples, repeats=repeats)
     new = StudySpec(**{**new.__dict__, "name": old.name, "description": new.description or old.description,
-                       "resources": old.resources, "max_concurrent": old.max_concurrent})
-    new = new.with_overrides(max_concurrent=max_concurrent, cpus=cpus, gpus=gpus)
+                       "resources": old.resources, "max_concurrent": old.max_concurrent,
+                       "tracking": new.tracking or old.tracking})
+    new = new.with_overrides(max_concurrent=max_concurrent, cpus=cpus, gpus=gpus).with_tracking(mlflow)
     problems = compatibility(old, new) + _budget_problems(old, new)
     if problems:
         raise UserError(f"cannot extend {name!r}: " + "; ".join(f"{k}: {m}" for k, m in problems))
@@ -249,6 +251,9 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     gens = record.get("generations") or [{"index": 0, "path": "", "kind": "sweep", "spec": record["spec"]}]
     index = len(gens)
     gen_path = f"gen-{index}"
+    from .tracking import check_server, mlflow_uri
+
+    check_server(mlflow_uri(new))
     claim = claim_existing_study(storage, name, force=force)
     try:
         recorded_env = record.get("runtime_env") or {}

@@ -37,7 +37,8 @@ SCHEDULER_KNOBS: dict[str, dict[str, type]] = {
 PERTURBABLE = ("lr", "grad_clip")
 SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
-              "resources", "max_concurrent", "checkpoint_every", "max_failures", "space")
+              "resources", "max_concurrent", "checkpoint_every", "max_failures", "tracking", "space")
+TRACKERS = ("mlflow",)  # tracking: {mlflow: URI} (orchestrator/tracking.py)
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200, "batch_size": 32}
 SMOKE_GRID_POINTS = 4
 
@@ -83,6 +84,7 @@ class StudySpec:
     max_concurrent: Optional[int] = None
     checkpoint_every: int = 5
     max_failures: int = 1
+    tracking: dict[str, str] = field(default_factory=dict)  # {"mlflow": URI}, or empty: not tracked
     source: str = ""
 
     # -- derived -----------------------------------------------------------------------------------------
@@ -110,8 +112,9 @@ class StudySpec:
         return cls(**d)
 
     def space_fingerprint(self) -> str:
-        """What must not change on resume: the space and the study's search and stopping rules."""
-        keep = {k: v for k, v in self.to_json().items() if k not in ("description", "source", "name")}
+        """What must not change on resume: the space and the study's search and stopping rules (the tracking
+        server may: it is where runs are copied to, not part of the experiment)."""
+        keep = {k: v for k, v in self.to_json().items() if k not in ("description", "source", "name", "tracking")}
         return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 
     def smoke(self) -> "StudySpec":
@@ -147,6 +150,16 @@ class StudySpec:
             res["gpu"] = gpus
         return StudySpec(**{**self.__dict__, "resources": res,
                             "max_concurrent": max_concurrent if max_concurrent is not None else self.max_concurrent})
+
+    def with_tracking(self, mlflow: Optional[str]) -> "StudySpec":
+        """The study tracked on the MLflow server at ``mlflow`` (``off``: not tracked); None keeps its own."""
+        if mlflow is None:
+            return self
+        if not mlflow.strip():
+            raise UserError("--mlflow '': give the tracking server's URI, e.g. --mlflow http://127.0.0.1:5000, "
+                            "or --mlflow off")
+        tracking = {} if mlflow.strip() == "off" else {"mlflow": mlflow.strip()}
+        return StudySpec(**{**self.__dict__, "tracking": tracking})
 
 
 # -- loading -----------------------------------------------------------------------------------------------
@@ -391,6 +404,7 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
             if resources["cpu"] == 0 and resources["gpu"] == 0:
                 bad("resources", "a trial needs some cpu or gpu")
 
+    tracking = _parse_tracking(raw.get("tracking"), bad)
     if repeats > 1 and isinstance(space.get("seed"), Dist):
         bad("repeats", f"repeats: {repeats} and a seed {space['seed'].kind} both set the replicate seeds; keep one "
                        "(repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
@@ -402,7 +416,26 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
                      num_samples=num_samples, repeats=repeats, stop=stop, scheduler=scheduler, search=search,
                      resources=resources,
                      max_concurrent=max_concurrent, checkpoint_every=checkpoint_every, max_failures=max_failures,
-                     source=source)
+                     tracking=tracking, source=source)
+
+
+def _parse_tracking(value, bad) -> dict[str, str]:
+    """``tracking: {mlflow: URI}``: where the study's runs are copied to (the server is probed at launch)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        bad("tracking", f"must be a mapping like {{mlflow: http://127.0.0.1:5000}}, got {value!r}")
+        return {}
+    out = {}
+    for k, v in value.items():
+        if k not in TRACKERS:
+            bad(f"tracking.{k}", f"unknown tracker{did_you_mean(k, TRACKERS)}; trackers: {', '.join(TRACKERS)}")
+        elif not isinstance(v, str) or not v.strip():
+            bad(f"tracking.{k}", f"must be the tracking server's URI as a string, e.g. http://127.0.0.1:5000, "
+                                 f"got {v!r}")
+        else:
+            out[k] = v.strip()
+    return out
 
 
 def _valid_name(name: str) -> bool:
@@ -558,6 +591,8 @@ def describe(spec: StudySpec) -> str:
                  f"reports; max_failures: {spec.max_failures}")
     if spec.stop:
         lines.append(f"  stop: {', '.join(f'{k} >= {v:g}' for k, v in spec.stop.items())}")
+    if spec.tracking:
+        lines.append(f"  tracking: {', '.join(f'{k} {v}' for k, v in spec.tracking.items())}")
     lines.append("  space:")
     width = max(len(k) for k in defaults)
     for k in defaults:

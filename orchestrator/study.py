@@ -4,9 +4,10 @@
 storage_filesystem=...)``, ``tune.with_resources``, ``Tuner.restore``) and records what reproduces the study in its
 directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runtime_env) and ``space.yaml``.
 
-Order of a launch, so that a refused launch leaves nothing behind: validate, connect (orchestrator.cluster), check
-the trials fit, probe every node, claim the study name (orchestrator.claim), write the record, run Tune. After Tune
-returns, ``Outcome`` says how every trial ended, so the CLI can exit non-zero when any errored.
+Order of a launch, so that a refused launch leaves nothing behind: validate, probe the tracking server if any
+(orchestrator.tracking), connect (orchestrator.cluster), check the trials fit, probe every node, claim the study name
+(orchestrator.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
+CLI can exit non-zero when any errored.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Outcome:
     errors: list[TrialError] = field(default_factory=list)
     stop_reason: Optional[str] = None  # None, "sigint", "sigterm" or "taken_over"
     taken_by: Optional[dict] = None
+    tracking: Optional[dict] = None  # what reached the MLflow server (orchestrator.tracking.finish_trackers)
 
 
 class Stopper:
@@ -186,14 +188,16 @@ def tune_points(planned) -> list[dict]:
 def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: int = 0) -> list:
     """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, the
     study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
-    recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints."""
+    recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints; and the MLflow
+    tracker of a tracked study (orchestrator/tracking.py)."""
     from .callbacks import CheckpointPruner, HParamsLogger, LivePage, NoProgressCsv, hparam_keys
+    from .tracking import tracker_for
 
     callbacks = [HParamsLogger(hparam_keys(spec)), NoProgressCsv(),
                  LivePage(name, storage.root, spec.to_json(), generation)]
     if spec.scheduler["type"] != "pbt":
         callbacks.append(CheckpointPruner(name, storage.root, generation))
-    return callbacks
+    return callbacks + [c for c in [tracker_for(spec, name, generation)] if c is not None]
 
 
 def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optional[list[dict]] = None,
@@ -287,6 +291,9 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not valid_study_name(name):
         raise UserError(f"--name {name!r}: use letters, digits, '-', '_', '.' (no '/' or '..')")
+    from .tracking import check_server, mlflow_uri
+
+    check_server(mlflow_uri(spec))
     storage = Storage.open(storage_root)
     if storage.exists(storage.join(name)):
         raise UserError(f"study {name!r} already exists under {storage.root}; continue it with "
@@ -317,12 +324,17 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
 
 
 def resume(name_or_path: str, *, storage_root: str, address: Optional[str], space_file: Optional[str],
-           runtime_env: Optional[dict] = None, force: bool = False, stopper: Optional[Stopper] = None) -> Outcome:
-    """Continue a study with ``Tuner.restore``: finished trials stay, unfinished and errored ones resume."""
+           runtime_env: Optional[dict] = None, force: bool = False, stopper: Optional[Stopper] = None,
+           mlflow: Optional[str] = None) -> Outcome:
+    """Continue a study with ``Tuner.restore``: finished trials stay, unfinished and errored ones resume.
+    ``mlflow`` replaces the study's tracking server (``off``: none) from now on; by default it keeps its own."""
+    from .tracking import check_server, mlflow_uri, set_tracker, tracker_for
+
     storage, name = study_location(name_or_path, storage_root)
     record = read_record(storage, name)
-    spec = StudySpec.from_json(record["spec"])
+    spec = StudySpec.from_json(record["spec"]).with_tracking(mlflow)
     _check_space_unchanged(record, space_file)
+    check_server(mlflow_uri(spec))
     recorded_env = record.get("runtime_env") or {}
     env = runtime_env if runtime_env is not None else recorded_env.get("user")
     claim = claim_existing_study(storage, name, force=force)  # refuses while another driver runs the study
@@ -333,8 +345,10 @@ def resume(name_or_path: str, *, storage_root: str, address: Optional[str], spac
             gens = record.get("generations") or [{"index": 0, "path": "", "spec": record["spec"]}]
             generation = gens[-1]
             tuner = _restore_tuner(storage, name, record, spec, generation, gens)
+            set_tracker(tuner, tracker_for(spec, name, generation.get("index", len(gens) - 1)))
             record["runs"].append(run_entry("resume", conn, generation.get("index", len(gens) - 1)))
             record["runtime_env"] = env_record
+            record["spec"] = {**record["spec"], "tracking": spec.tracking}
             write_record(storage, name, record)
             return _fit(tuner, storage, name, claim, stopper, generation.get("path", ""))
         finally:
@@ -449,7 +463,8 @@ def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
             recorded = StudySpec.from_json(record["file_spec"]).to_json()
             now = current.to_json()
             changed = sorted(k for k in set(recorded) | set(now)
-                             if k not in ("source", "description", "name") and recorded.get(k) != now.get(k))
+                             if k not in ("source", "description", "name", "tracking")
+                             and recorded.get(k) != now.get(k))
             raise UserError(f"cannot resume {name!r}: {path} changed since the study started ({', '.join(changed)} "
                             f"differ); a study's space cannot change -- restore the file (the original is in the "
                             f"study's space.yaml), grow the study with `adder-sweep extend`, or start a new study "
@@ -477,10 +492,13 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
     finally:
         stopper.in_tune = False
         from .callbacks import wait_for_live_pages
+        from .tracking import finish_trackers
 
         wait_for_live_pages()
+        tracking = finish_trackers()
     reason = stopper.reason or ("sigint" if interrupted else None)
-    return Outcome(name, storage.uri(name), states, interrupted, storage.root, errors, reason, stopper.taken_by)
+    return Outcome(name, storage.uri(name), states, interrupted, storage.root, errors, reason, stopper.taken_by,
+                   tracking)
 
 
 def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:

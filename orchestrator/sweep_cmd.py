@@ -39,6 +39,7 @@ def register(sub) -> None:
                    "project's code is shipped as py_modules in any case (recorded; resume reuses it)")
     s.add_argument("--no-ship-code", dest="ship_code", action="store_false", default=None,
                    help="on a cluster, do not ship the project's code: every node has adder-sweep installed")
+    _tracking_flag(s, "default: the file's tracking.mlflow, if any")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted study (finished trials are not rerun)")
@@ -49,6 +50,7 @@ def register(sub) -> None:
                    "(see sweep --runtime-env)")
     r.add_argument("--force", action="store_true", help="take the study over from its recorded driver without "
                    "checking that the driver is gone (it stops when it notices)")
+    _tracking_flag(r, "default: the server recorded with the study")
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("extend", help="grow a finished study: more grid values, seeds, samples or iterations; "
@@ -69,6 +71,7 @@ def register(sub) -> None:
     e.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: the study's)")
     e.add_argument("--runtime-env", metavar="FILE|JSON", help="replace the runtime_env recorded with the study")
     e.add_argument("--force", action="store_true", help="take the study over from its recorded driver at once")
+    _tracking_flag(e, "default: the server recorded with the study")
     e.set_defaults(func=cmd_extend)
 
     st = sub.add_parser("status", help="list studies: trials by state, best metric, whether resumable")
@@ -83,6 +86,12 @@ def _storage_flags(p: argparse.ArgumentParser) -> None:
                         "'s3://bucket/dir?endpoint_override=http://host:9000' (default: %(default)s)")
     p.add_argument("--address", help="existing Ray cluster: auto, host:port or ray://host:port (default: "
                    "$RAY_ADDRESS if set, else start an embedded local Ray on this machine's cores)")
+
+
+def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--mlflow", metavar="URI", help=f"log every trial as an MLflow run on this tracking server, e.g. "
+                   f"http://127.0.0.1:5000 ('off': no tracking; {default}; recorded, so resume and extend keep "
+                   f"it); needs adder-sweep[tracking]")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -124,6 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = _with_repeats(spec, args.repeats)
     spec = spec.smoke() if args.smoke else spec
     spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
+    spec = spec.with_tracking(args.mlflow)
     runtime_env = load_runtime_env(args.runtime_env)
     with Stopper() as stopper:
         try:
@@ -143,7 +153,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     with Stopper() as stopper:
         try:
             outcome = resume(args.study, storage_root=args.storage, address=args.address, space_file=args.space_file,
-                             runtime_env=runtime_env, force=args.force, stopper=stopper)
+                             runtime_env=runtime_env, force=args.force, stopper=stopper, mlflow=args.mlflow)
         except KeyboardInterrupt:
             return _stopped_before_start(stopper)
     return finish(outcome, args)
@@ -165,7 +175,8 @@ def cmd_extend(args: argparse.Namespace) -> int:
                              overrides=tuple(args.overrides), space_file=args.space_file,
                              num_samples=args.num_samples, repeats=args.repeats,
                              dry_run=args.dry_run, runtime_env=runtime_env, force=args.force, stopper=stopper,
-                             max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
+                             max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
+                             mlflow=args.mlflow)
         except KeyboardInterrupt:
             return _stopped_before_start(stopper)
     return EXIT_OK if outcome is None else finish(outcome, args)
@@ -197,7 +208,8 @@ def _write_page(storage, name: str):
 
 def finish(outcome, args) -> int:
     """Tables, the summary, and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if
-    any ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over."""
+    any ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
+    MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
     from .space import StudySpec
     from .status import print_study_summary
     from .storage import Storage, read_record
@@ -221,6 +233,11 @@ def finish(outcome, args) -> int:
                   file=sys.stderr)
         if line:
             print(line)
+    from .tracking import describe_tracking
+
+    tracking = getattr(outcome, "tracking", None)
+    for line in describe_tracking(tracking):
+        print(line, file=sys.stderr if tracking["missed"] else sys.stdout)
     where = storage.flag()
     addr = f" --address {args.address}" if getattr(args, "address", None) else ""
     if outcome.stop_reason == "taken_over":
