@@ -80,7 +80,7 @@ def section_step(dry: bool, deadline: float) -> dict:
             steps = 3 if dry else 20
             cpu = step_time(cell, digits, "cpu", steps)
             acc = step_time(cell, digits, gpu, steps)
-            rows.append({"cell": cell, "digits": digits, "cpu_ms": cpu * 1e3, f"{gpu}_ms": acc * 1e3,
+            rows.append({"cell": cell, "digits": digits, "cpu_ms": cpu * 1e3, "device_ms": acc * 1e3,
                          "speedup": cpu / acc, "samples_per_s": 200 / acc})
     return {"device": gpu, "rows": rows}
 
@@ -293,7 +293,7 @@ def markdown(results: dict) -> str:
         if name == "step":
             dev = res["device"]
             out += _table(["cell", "digits", "CPU ms/step (1 thread)", f"{dev} ms/step", "speed-up", "samples/s"],
-                          [[r["cell"], r["digits"], r["cpu_ms"], r[f"{dev}_ms"], r["speedup"], r["samples_per_s"]]
+                          [[r["cell"], r["digits"], r["cpu_ms"], r["device_ms"], r["speedup"], r["samples_per_s"]]
                            for r in res["rows"]])
         elif name == "determinism":
             out += _table(["setting", "two runs equal", "max |diff|", "wall s"],
@@ -314,30 +314,37 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def run(dry: bool, out: Optional[Path] = None, names: Optional[list[str]] = None) -> dict:
+    """Every section (or ``names``), each within its budget; with ``out``, gpu.json and gpu.md are rewritten as
+    each section ends."""
+    import torch
+
+    results: dict[str, Any] = {"dry_run": dry, "torch": torch.__version__, "at": time.strftime("%Y-%m-%d %H:%M"),
+                               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                               "sections": {}}
+    for name in names or list(SECTIONS):
+        log(f"== {name} ==")
+        t0 = time.monotonic()
+        try:
+            results["sections"][name] = SECTIONS[name](dry, t0 + BUDGET_S[name])
+        except Exception as exc:  # one broken section must not cost the others their run
+            results["sections"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        results["sections"][name]["wall_s"] = time.monotonic() - t0
+        if out is not None:
+            (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str) + "\n")  # as soon as it ends
+            (out / "gpu.md").write_text(markdown(results))
+    return results
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--out", default=str(HERE), help="folder for gpu.json and gpu.md (default: benchmarks/)")
     p.add_argument("--only", help=f"comma-separated sections from {','.join(SECTIONS)}")
     args = p.parse_args(argv)
-    import torch
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.only.split(",") if args.only else list(SECTIONS)
-    results: dict[str, Any] = {"dry_run": args.dry_run, "torch": torch.__version__, "at": time.strftime("%Y-%m-%d %H:%M"),
-                               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-                               "sections": {}}
-    for name in names:
-        log(f"== {name} ==")
-        t0 = time.monotonic()
-        try:
-            results["sections"][name] = SECTIONS[name](args.dry_run, t0 + BUDGET_S[name])
-        except Exception as exc:  # one broken section must not cost the others their run
-            results["sections"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        results["sections"][name]["wall_s"] = time.monotonic() - t0
-        (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str) + "\n")  # as soon as it ends
-        (out / "gpu.md").write_text(markdown(results))
+    results = run(args.dry_run, out, args.only.split(",") if args.only else None)
     print(markdown(results))
     failed = [n for n, r in results["sections"].items() if "error" in r]
     return 1 if failed else 0

@@ -1,13 +1,14 @@
 """``make bench``: every benchmark of issue 7 in one run, written to ``benchmarks/RESULTS.md``.
 
 Sections, in this order (``--only`` picks some): step (throughput vs the assignment's loop, matmul rate, MFU;
-``benchmarks/step.py``), threads, startup, overhead, schedulers, gpu (``benchmarks/sweep_bench.py``),
-memory (peak RSS of the trial workers of every sweep above), and analysis (start-up of the commands that do not
-train, loading a 1,000-trial study: ``benchmarks/analysis_bench.py``). Each section prints its wall time; a section that
-fails is reported as failed and the run goes on. The "Targets" table compares the measurements with the issue's
+``benchmarks/step.py``), threads, startup, overhead, schedulers (``benchmarks/sweep_bench.py``), gpu
+(``benchmarks/gpu.py``, only with CUDA), memory (peak RSS of the trial workers of every sweep above), analysis
+(start-up of the commands that do not train, loading a 1,000-trial study: ``benchmarks/analysis_bench.py``) and
+scale (one study of 10,000 tiny trials, 1,000 with --quick: ``benchmarks/scale.py``). Each section prints its
+wall time; a section that fails is reported as failed and the run goes on. The "Targets" table compares the measurements with the issue's
 targets and says plainly why one is not met.
 
-    python benchmarks/run.py            # the full run: under 15 minutes on 2 idle cores
+    python benchmarks/run.py            # the full run: about 40 minutes on 2 idle cores (scale: 25 of them)
     python benchmarks/run.py --quick    # smoke check, about a minute; writes benchmarks/RESULTS-quick.md
 
 This file only measures and reports; it changes nothing in the project.
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))  # the sibling modules, whether run as a script or
 import torch  # noqa: E402
 
 import analysis_bench  # noqa: E402
+import gpu as gpu_bench  # noqa: E402
 import scale  # noqa: E402
 import step  # noqa: E402
 import sweep_bench as sb  # noqa: E402
@@ -59,7 +61,8 @@ def run_sections(names: list[str], quick: bool, repeats: int, workdir: Path) -> 
         "startup": lambda: sb.startup(quick, workdir),
         "overhead": lambda: sb.sweep_overhead(quick, workdir, cores),
         "schedulers": lambda: sb.schedulers(quick, workdir, cores),
-        "gpu": lambda: sb.gpu(quick, workdir, cores),
+        "gpu": lambda: gpu_bench.run(dry=False) if torch.cuda.is_available() else {"skipped": "no GPU: skipped "
+                                                                                   "(benchmarks/gpu.py)"},
         "memory": lambda: sb.memory([sw for r in results.values() if isinstance(r, dict)
                                      for sw in r.get("sweeps", [])]),
         "analysis": lambda: {"startup": analysis_bench.startup(3 if quick else 7),
@@ -365,16 +368,9 @@ def md_memory(res: dict) -> list[str]:
             markdown_table(res["rows"], MEMORY_COLUMNS)]
 
 
-GPU_COLUMNS = [("trials_sharing", "trials sharing 1 GPU", "d"), ("gpus_per_trial", "--gpus-per-trial", ".3g"),
-               ("cpus_per_trial", "--cpus-per-trial", ".3g"), ("samples_s", "total samples/s", ",.0f"),
-               ("vs_one", "vs 1 trial", ".2f"), ("per_trial_samples_s", "per trial samples/s", ",.0f"),
-               ("span_s", "training span, s", ".1f")]
-
 
 def md_gpu(res: dict) -> list[str]:
-    return [f"Device: {res['device']}. k trials (lstm, 100 digits, 3 layers) at `--gpus-per-trial 1/k`; total "
-            "samples/s over the span from the first trial's training start to the last report.", "",
-            markdown_table(res["rows"], GPU_COLUMNS)]
+    return gpu_bench.markdown(res).split("\n")[2:]  # without its title: the section has one
 
 
 def md_analysis(res: dict) -> list[str]:

@@ -10,7 +10,6 @@ Sections, each a function returning plain dicts for ``benchmarks/run.py``:
 * ``threads``        -- 2 concurrent 1-thread processes vs 1 process with 2 threads, total samples/s (no Ray);
 * ``schedulers``     -- core-seconds until the first solving trial, ASHA vs FIFO on the same grid;
 * ``memory``         -- peak RSS (VmHWM) of every trial worker of the sweeps above, and of the driver;
-* ``gpu``            -- samples/s vs number of trials sharing one GPU (only with CUDA).
 
 A ``SweepWatch`` thread follows each study from outside: it reads new lines of every ``trial_*/result.json`` as
 they appear (so a report's time is when it reached the study folder, to ~``interval``) and polls
@@ -49,7 +48,6 @@ THREADS = {"full": dict(shapes=(("rnn", 11, 2), ("lstm", 11, 2), ("rnn", 100, 3)
            "quick": dict(shapes=(("rnn", 11, 2), ("rnn", 100, 3)), rounds=2, block_s=0.3)}
 SCHEDULERS = {"full": dict(cells=("rnn", "lstm", "gru"), lrs=(1e-4, 3e-4, 1e-3, 3e-3), digits=11, iters=1000),
               "quick": dict(cells=("rnn",), lrs=(1e-3, 1e-2), digits=5, iters=200)}
-GPU_SHARES = {"full": (1, 2, 4, 8), "quick": (1, 2)}
 
 
 def _mode(quick: bool) -> str:
@@ -605,35 +603,6 @@ def memory(sweeps: list[SweepRun]) -> dict:
 
 
 # -- GPU ----------------------------------------------------------------------------------------------------
-def gpu(quick: bool, workdir: Path, cores: int) -> dict:
-    """Total samples/s of k trials sharing one GPU through ``--gpus-per-trial 1/k``."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"skipped": "no GPU: skipped"}
-    iters = 200 if quick else 600
-    rows = []
-    for k in GPU_SHARES[_mode(quick)]:
-        space = {"cell": "lstm", "digits": 100, "layers": 3, "seed": list(range(k)), "iters": iters,
-                 "eval_every": 100, "eval_size": 500, "target": 1.5}
-        cpus = min(1.0, cores / k)
-        log(f"  {k} trial(s) sharing the GPU ...")
-        sw = run_sweep(space_yaml(f"gpu{k}", space), workdir, f"gpu-{k}",
-                       extra_args=("--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{cpus:g}",
-                                   "--max-concurrent", str(k)))
-        # span of training: from the earliest trial's training start to the last report
-        starts = [reps[0]["_t"] - reps[0]["time_s"] for reps in sw.by_trial.values()]
-        span = sw.last_report_s - min(starts)
-        samples = k * iters * 200
-        rows.append({"trials_sharing": k, "gpus_per_trial": 1 / k, "cpus_per_trial": cpus, "span_s": span,
-                     "samples_s": samples / span,
-                     "per_trial_samples_s": median([reps[-1]["samples_per_s"] for reps in sw.by_trial.values()])})
-    base = rows[0]["samples_s"]
-    for r in rows:
-        r["vs_one"] = r["samples_s"] / base
-    return {"rows": rows, "device": torch.cuda.get_device_name(0)}
-
-
 # -- the sequential baseline as a child process ------------------------------------------------------------------
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "sequential":

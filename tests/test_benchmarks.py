@@ -1,0 +1,23 @@
+"""The benchmarks that must work before they meet their machine: benchmarks/gpu.py's dry run (tiny sizes on the
+CPU; the fractional section on a `ray start --num-gpus 1` cluster of logical GPUs). Times are not asserted."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_gpu_benchmark_dry_run_writes_every_section(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert res["dry_run"] is True and set(res["sections"]) == {"step", "determinism", "context", "fractional",
+                                                               "packed"}
+    assert not [n for n, s in res["sections"].items() if "error" in s], res["sections"]
+    assert [r["cell"] for r in res["sections"]["step"]["rows"]] == ["rnn", "lstm", "gru"]
+    det = res["sections"]["determinism"]
+    assert det["deterministic"]["equal"] and det["deterministic"]["max_abs_diff"] == 0.0
+    rows = res["sections"]["fractional"]["rows"]
+    assert [r["k"] for r in rows] == [1, 2] and all(r["samples_per_s"] > 0 for r in rows)
+    assert "DRY RUN" in (tmp_path / "gpu.md").read_text()
