@@ -148,6 +148,9 @@ class StudySpec:
             res["cpu"] = cpus
         if gpus is not None:
             res["gpu"] = gpus
+            problem = device_problem(self.space, res)
+            if problem:
+                raise UserError(f"--gpus-per-trial {gpus:g}: space.device: {problem}")
         return StudySpec(**{**self.__dict__, "resources": res,
                             "max_concurrent": max_concurrent if max_concurrent is not None else self.max_concurrent})
 
@@ -405,6 +408,9 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
                 bad("resources", "a trial needs some cpu or gpu")
 
     tracking = _parse_tracking(raw.get("tracking"), bad)
+    device = device_problem(space, resources)
+    if device:
+        bad("space.device", device)
     if repeats > 1 and isinstance(space.get("seed"), Dist):
         bad("repeats", f"repeats: {repeats} and a seed {space['seed'].kind} both set the replicate seeds; keep one "
                        "(repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
@@ -417,6 +423,19 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
                      resources=resources,
                      max_concurrent=max_concurrent, checkpoint_every=checkpoint_every, max_failures=max_failures,
                      tracking=tracking, source=source)
+
+
+def device_problem(space: dict, resources: dict) -> Optional[str]:
+    """Why a trial's device and its Ray resources disagree, or None. ``cuda`` or ``mps`` with no GPU share would
+    pile trials onto GPU 0 that Ray does not count (``auto`` follows the share; ``cpu`` with a share is allowed:
+    it trains on the CPU in a GPU's slot)."""
+    device = space.get("device")
+    values = device.args if isinstance(device, Dist) else [device]
+    gpu_only = sorted({v for v in values if v in ("cuda", "mps")})
+    if gpu_only and resources.get("gpu", 0) == 0:
+        return (f"{' and '.join(gpu_only)} needs a GPU share, but resources.gpu is 0 (trials would share GPU 0 "
+                f"without Ray counting them); set resources.gpu (or --gpus-per-trial), or use device auto or cpu")
+    return None
 
 
 def _parse_tracking(value, bad) -> dict[str, str]:

@@ -88,3 +88,26 @@ def test_set_overrides_entries_of_the_space(capsys):
     assert "space.digitz: unknown training-config key (did you mean 'digits'?)" in capsys.readouterr().err
     assert main(["validate", path, "--set", "digits"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("resources: {gpu: 0}\nspace: {device: cuda}\n", False),
+    ("space: {device: {grid: [cpu, mps]}}\n", False),
+    ("resources: {gpu: 0.25}\nspace: {device: cuda}\n", True),
+    ("resources: {gpu: 0.25}\nspace: {device: cpu}\n", True),  # the logical-GPU scheduling test's setting
+    ("space: {device: auto}\n", True),
+])
+def test_a_gpu_device_needs_a_gpu_share(tmp_path, capsys, text, ok):
+    """cuda or mps with gpu 0 would put trials on GPU 0 that Ray does not count: refused at validate, naming both
+    keys; so is a --gpus-per-trial 0 that takes the share away."""
+    path = tmp_path / "dev.yaml"
+    path.write_text("# device check\n" + text)
+    assert main(["validate", str(path)]) == (0 if ok else 2)
+    err = capsys.readouterr().err
+    if not ok:
+        assert "space.device:" in err and "needs a GPU share, but resources.gpu is 0" in err, err
+        assert len(err.strip().splitlines()) == 1
+    elif "cuda" in text:
+        assert main(["sweep", str(path), "--gpus-per-trial", "0", "--storage", str(tmp_path / "s")]) == 2
+        assert "--gpus-per-trial 0: space.device: cuda needs a GPU share" in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()
