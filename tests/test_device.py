@@ -163,3 +163,15 @@ def test_an_out_of_memory_trial_is_marked_so_its_retry_fails_at_once(tmp_path):
     with pytest.raises(GpuMemoryError, match=r"tried to allocate 2.56 GiB .* \(an earlier attempt of this trial; "
                                              r"not retried\)"):
         marker.raise_if_marked()
+
+
+def test_the_kernel_that_ran_is_recorded_not_the_one_asked_for():
+    """kernel: fused runs rnn and gru on the CPU only; an lstm trial asked for it runs torch's kernel, and its
+    reports (and trials.parquet's kernel_ran) say torch."""
+    reports = []
+    lstm = train(TrainConfig.from_flat({**TINY, "cell": "lstm", "kernel": "fused"}),
+                 report=lambda m, c: reports.append(m))
+    assert lstm["kernel"] == "torch" and {r["kernel"] for r in reports} == {"torch"}
+    assert {r["device"] for r in reports} == {"cpu"}
+    rnn = train(TrainConfig.from_flat({**TINY, "kernel": "fused"}))
+    assert rnn["kernel"] == "fused"
