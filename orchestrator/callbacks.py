@@ -234,9 +234,11 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
         if text is None:
             return set()
     done = set()
-    for t in snapshot_trials(storage, name, gen_path, text=text):
-        if t["ray_status"] not in ("TERMINATED", "ERROR") or not t["dir"] or t["trial_id"] in skip \
-                or (only is not None and t["trial_id"] not in only):
+    def wanted(trial_id: str) -> bool:
+        return trial_id not in skip and (only is None or trial_id in only)
+
+    for t in snapshot_trials(storage, name, gen_path, text=text, keep=wanted):
+        if t["ray_status"] not in ("TERMINATED", "ERROR") or not t["dir"] or not wanted(t["trial_id"]):
             continue
         base = storage.join(name, t["dir"])
         if storage.is_dir(base):

@@ -72,14 +72,17 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file so readers see the old or the new content, never a half-written one."""
+def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes) -> Path:
+    """Write a file so readers see the old or the new content, never a half-written one; ``more`` chunks follow
+    ``data`` (so a large file need not be joined in memory first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            for chunk in more:
+                f.write(chunk)
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:

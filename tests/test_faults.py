@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.stress_resume import SPACE, final_by_config, run_scenario
 from orchestrator.cli import main
+from orchestrator.state_copy import read_state_copy
 from orchestrator.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
 from tests.conftest import run_cli, run_study, trial_processes, write_space
@@ -146,6 +147,7 @@ def finished(ray_local, tmp_path_factory):
 
 
 def _copy_study(src, dst):
+    """A copy of a finished study to damage."""
     import shutil
 
     shutil.copytree(src, dst)
@@ -158,7 +160,7 @@ def test_truncated_experiment_state_is_put_back_from_the_copy_or_a_clear_error(f
     study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
     state = max(study.glob("experiment_state-*.json"))
     whole = state.read_bytes()
-    assert json.loads((study / "adder_state_copy.json").read_text())["file"] == state.name
+    assert read_state_copy(Storage.open(tmp_path / "res"), "done")["file"] == state.name
     state.write_bytes(whole[: len(whole) // 2])
     assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 0
     err = capsys.readouterr().err
