@@ -159,10 +159,12 @@ def test_report_on_interrupted_study(root):
 def test_learning_curves_one_line_per_trial(study):
     fig = plots.learning_curves_figure(study, "cell")
     ax_loss, ax_acc = fig.axes
-    assert len(ax_loss.lines) == len(ax_acc.lines) == 4
+    lines = [ax.collections[0] for ax in (ax_loss, ax_acc)]  # one LineCollection per panel, a line per trial
+    assert [len(c.get_segments()) for c in lines] == [4, 4]
+    assert all(len(seg) == len(study.metrics) // 4 for seg in lines[1].get_segments())
     assert ax_loss.get_xlabel() == "iteration" and ax_acc.get_ylabel() == "exact_acc"
     assert [t.get_text() for t in ax_acc.get_legend().get_texts()] == ["gru", "rnn"]
-    colors = {tuple(l.get_color()) for l in ax_acc.lines}
+    colors = {tuple(c) for c in lines[1].get_colors()}
     assert len(colors) == 2  # coloured by cell
     assert plots.png_bytes(fig).startswith(PNG_MAGIC)
 

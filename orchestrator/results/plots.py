@@ -63,11 +63,7 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
                 ax.plot(mean.index, mean.values, color=c, alpha=0.9, lw=1.6)
                 ax.fill_between(mean.index, lo.values, hi.values, color=c, alpha=0.15, lw=0)
     else:
-        for trial_id, g in m.groupby("trial_id", sort=True):
-            g = g.sort_values("iter")
-            c = colors[group_of.get(trial_id, order[0])]
-            ax_loss.plot(g["iter"], g["loss"], color=c, alpha=0.8, lw=1.4)
-            ax_acc.plot(g["iter"], g["exact_acc"], color=c, alpha=0.8, lw=1.4)
+        _trial_lines(m, group_of, colors, order[0], ax_loss, ax_acc)
     if log_loss:
         ax_loss.set_yscale("log")
     ylabel = "cross-entropy loss (mean since last report)"
@@ -84,6 +80,21 @@ def learning_curves_figure(study: Study, color_by: Optional[str] = None) -> Figu
             if study.has_replicates else f"{t['trial_id'].nunique()} trials")
     fig.suptitle(f"{study.name}: learning curves, {what}" + (f", coloured by {color_by}" if color_by else ""))
     return fig
+
+
+def _trial_lines(m: pd.DataFrame, group_of: dict, colors: dict, first, ax_loss, ax_acc) -> None:
+    """One line per trial on both panels, drawn as one LineCollection per panel: a 10,000-trial study's 20,000
+    separate lines took matplotlib 27 s; the collection draws them in a second or two."""
+    from matplotlib.collections import LineCollection
+
+    m = m.sort_values(["trial_id", "iter"])
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "exact_acc")):
+        segments, shades = [], []
+        for trial_id, g in m.groupby("trial_id", sort=True):
+            segments.append(np.column_stack([g["iter"].to_numpy(float), g[metric].to_numpy(float)]))
+            shades.append(colors[group_of.get(trial_id, first)])
+        ax.add_collection(LineCollection(segments, colors=shades, alpha=0.8, linewidths=1.4))
+        ax.autoscale_view()
 
 
 def replicate_band(m: pd.DataFrame, metric: str, log: bool = False) -> tuple[pd.Series, pd.Series, pd.Series]:
