@@ -190,11 +190,13 @@ def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: in
     study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
     recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints; and the MLflow
     tracker of a tracked study (orchestrator/tracking.py)."""
-    from .callbacks import CheckpointPruner, HParamsLogger, LivePage, NoProgressCsv, hparam_keys
+    from .callbacks import CheckpointPruner, FinishedTrialTrimmer, HParamsLogger, LivePage, NoProgressCsv, hparam_keys
     from .tracking import tracker_for
 
     callbacks = [HParamsLogger(hparam_keys(spec)), NoProgressCsv(),
                  LivePage(name, storage.root, spec.to_json(), generation)]
+    if spec.scheduler["type"] != "pbt":  # PBT compares trials by their results while they run: left as Tune has it
+        callbacks.append(FinishedTrialTrimmer())
     if spec.scheduler["type"] != "pbt":
         callbacks.append(CheckpointPruner(name, storage.root, generation))
     return callbacks + [c for c in [tracker_for(spec, name, generation)] if c is not None]
