@@ -37,7 +37,10 @@ class StudyReporter(CLIReporter):
 
     def __init__(self, parameter_columns: list[str], metric_columns: list[str], study_uri: str):
         super().__init__(parameter_columns=parameter_columns, metric_columns=metric_columns,
-                         max_report_frequency=15, sort_by_metric=False)
+                         max_report_frequency=15, sort_by_metric=False,
+                         # explicit: left as None, Ray decides it from Tune's process-wide verbosity, which the
+                         # first run in a process sets to ours (1) -- every later study in the process lost its table
+                         print_intermediate_tables=True)
         self.study_uri = study_uri
 
     def report(self, trials, done: bool, *sys_info: str):

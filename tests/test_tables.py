@@ -52,7 +52,7 @@ def test_schema_and_dtypes(study):
     t = read(d / "trials.parquet")
     assert t.schema.equals(tables.trials_schema(), check_metadata=False)
     specs = field_specs()
-    expected = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+    expected = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
     for name, spec in specs.items():
         assert t.schema.field(name).type == expected.get(spec.type, pa.list_(pa.int64())), name
         assert t.schema.field(name).metadata[b"doc"].decode() == spec.doc
