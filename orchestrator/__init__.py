@@ -1,18 +1,29 @@
-"""adder-sweep's orchestration: CLI, search spaces, Ray Tune launch and resume, result tables, reports.
+"""adder-sweep's orchestration: search spaces, Ray Tune studies (launch, resume, extend), result tables, reports.
 
-For analysis in Python: ``from orchestrator import load_study`` (see docs/analysis.py). Importing this package
-imports nothing heavy; ``load_study`` loads pandas on first use.
+From Python (orchestrator/api.py; docs/analysis.py starts with one)::
+
+    from orchestrator import sweep, load_study
+    result = sweep("search_spaces/quick.yaml", name="quick")
+    result.raise_for_errors().study.trials
+
+``sweep``, ``resume`` and ``extend`` are the CLI's commands without the printing; ``read_space_file``,
+``parse_space`` and ``StudySpec`` build a space in code. Every error raised on purpose is an ``AdderSweepError``.
+Importing this package imports nothing heavy: each name loads its module on first use.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["load_study"]
+_WHERE = {
+    "sweep": "api", "resume": "api", "extend": "api", "load_study": "api", "StudyResult": "api", "TrialError": "api",
+    "read_space_file": "space", "parse_space": "space", "StudySpec": "space",
+    "UserError": "errors", "TrialsFailed": "errors", "AdderSweepError": "errors",
+}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "load_study":
-        from .results.report import load_study
-
-        return load_study
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

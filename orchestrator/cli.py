@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainables.config import ConfigError
-    from trainables.errors import CheckpointError
+    from trainables.errors import AdderSweepError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, CheckpointError) as exc:
+    except AdderSweepError as exc:  # UserError, ConfigError, CheckpointError, DeviceError
         print(f"adder-sweep {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -40,9 +40,10 @@ TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (the content of ~/.ray/
 @dataclass
 class Connection:
     address: Optional[str]  # None: the embedded local Ray
-    started: bool  # we started Ray (embedded) and must shut it down
+    started: bool  # we started Ray (embedded)
     auth: str  # "token" or "none"
     runtime_env: dict = field(default_factory=dict)
+    owned: bool = True  # this call started Ray or connected to the cluster, so it disconnects; False: the caller's
 
     @property
     def embedded(self) -> bool:
@@ -205,7 +206,7 @@ def connect(address: Optional[str], runtime_env: Optional[dict] = None) -> Conne
 
     runtime_env = dict(runtime_env or {})
     if ray.is_initialized():  # tests and notebooks that brought their own Ray
-        return Connection(address, False, os.environ.get("RAY_AUTH_MODE") or "disabled", runtime_env)
+        return Connection(address, False, os.environ.get("RAY_AUTH_MODE") or "disabled", runtime_env, owned=False)
     if address is None:
         _check_token_file()
         try:
@@ -235,11 +236,12 @@ def _shutdown_quietly() -> None:
 
 
 def disconnect(conn: Connection) -> None:
+    """Undo what ``connect`` did: shut down a Ray it started, leave a cluster it connected to; a Ray the caller
+    had initialized before (a notebook, the tests) stays connected, as Ray Tune leaves it."""
     import ray
 
-    if conn.started or not conn.embedded:
-        if ray.is_initialized() and (conn.started or os.environ.get("ADDER_SWEEP_KEEP_RAY") != "1"):
-            ray.shutdown()
+    if conn.owned and ray.is_initialized():
+        ray.shutdown()
 
 
 # -- runtime_env -----------------------------------------------------------------------------------------------

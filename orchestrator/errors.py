@@ -1,7 +1,19 @@
-"""The one error type the CLI turns into a clean message and exit code 2."""
+"""The orchestrator's members of adder-sweep's exception family (its base, ``AdderSweepError``, lives in
+trainables/errors.py so that the training side raises the same family). The CLI prints each as one line and exits 2."""
+from trainables.errors import AdderSweepError
 
 
-class UserError(Exception):
-    """Bad input from the user: a file, a flag, a name. The message names the culprit and what to do."""
+class UserError(AdderSweepError):
+    """Bad input from the user: a file, a flag, a name, a refused launch. The message names the culprit and what
+    to do."""
 
     exit_code = 2
+
+
+class TrialsFailed(AdderSweepError):
+    """Raised by ``StudyResult.raise_for_errors()``: trials ended in error, the study was interrupted, or another
+    driver took it over. ``result`` is the StudyResult; the message is the first of those, in one line."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result

@@ -212,7 +212,8 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
            dry_run: bool = False,
            runtime_env: Optional[dict] = None, force: bool = False, stopper=None, max_concurrent=None, cpus=None,
            gpus=None, mlflow: Optional[str] = None):
-    """Check, plan and run an extension; returns an Outcome, or None when there is nothing to run (or dry run).
+    """Check, plan and run an extension; returns (Outcome, its ExtensionPlan), the Outcome None when there is
+    nothing to run (or a dry run).
     Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
     from .claim import claim_existing_study
     from .records import now_iso
@@ -247,7 +248,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     if dry_run or not ext.points:
         if not ext.points:
             print("nothing to run: every trial of the extended study has run already")
-        return None
+        return None, ext
     gens = record.get("generations") or [{"index": 0, "path": "", "kind": "sweep", "spec": record["spec"]}]
     index = len(gens)
     gen_path = f"gen-{index}"
@@ -271,7 +272,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
                                             added=len(ext.new), continued=[tid for tid, _ in ext.continued]))
             record["runtime_env"] = env_record
             write_record(storage, name, record)
-            return _fit(tuner, storage, name, claim, stopper, gen_path)
+            return _fit(tuner, storage, name, claim, stopper, gen_path), ext
         finally:
             from .cluster import disconnect
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from typing import Optional
 
 from .errors import UserError
 from .storage import DEFAULT_STORAGE
@@ -95,131 +95,65 @@ def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .api import with_repeats
     from .space import describe, read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
-    spec = _with_repeats(spec, args.repeats)
+    spec = with_repeats(spec, args.repeats)
     print(describe(spec.smoke() if args.smoke else spec))
     return 0
 
 
-def _with_repeats(spec, repeats):
-    if repeats is None:
-        return spec
-    if repeats < 1:
-        raise UserError(f"--repeats {repeats}: must be >= 1")
-    from .space import respec
-
-    return respec(spec, f"{spec.source} (with --repeats {repeats})", repeats=repeats)
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    for flag, value, lo in (("--max-concurrent", args.max_concurrent, 1), ("--cpus-per-trial", args.cpus_per_trial, 0),
-                            ("--gpus-per-trial", args.gpus_per_trial, 0)):
-        if value is not None and value < lo:
-            raise UserError(f"{flag} {value:g}: must be >= {lo}")
-    if args.cpus_per_trial == 0 and (args.gpus_per_trial or 0) == 0:
-        raise UserError("--cpus-per-trial 0: a trial without a GPU needs some CPU")
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .cluster import load_runtime_env
-    from .space import parse_space, read_space_file
-    from .study import Stopper, launch
+    from .api import sweep
 
-    _check_flags(args)
-    file_spec, text = read_space_file(args.file)
-    spec = parse_space(text, args.file, Path(args.file).stem, tuple(args.overrides)) if args.overrides else file_spec
-    spec = _with_repeats(spec, args.repeats)
-    spec = spec.smoke() if args.smoke else spec
-    spec = spec.with_overrides(max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
-    spec = spec.with_tracking(args.mlflow)
-    runtime_env = load_runtime_env(args.runtime_env)
-    with Stopper() as stopper:
-        try:
-            outcome = launch(spec, text, name=args.name, storage_root=args.storage, address=args.address,
-                             file_spec=file_spec,
-                             runtime_env=runtime_env, ship_code=args.ship_code, stopper=stopper)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
-            return _stopped_before_start(stopper)
-    return finish(outcome, args)
+    result = sweep(args.file, name=args.name, storage=args.storage, address=args.address,
+                   overrides=tuple(args.overrides), repeats=args.repeats, smoke=args.smoke,
+                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                   gpus_per_trial=args.gpus_per_trial, runtime_env=args.runtime_env, ship_code=args.ship_code,
+                   mlflow=args.mlflow)
+    return finish(result, "sweep", args.address)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .cluster import load_runtime_env
-    from .study import Stopper, resume
+    from .api import resume
 
-    runtime_env = load_runtime_env(args.runtime_env)
-    with Stopper() as stopper:
-        try:
-            outcome = resume(args.study, storage_root=args.storage, address=args.address, space_file=args.space_file,
-                             runtime_env=runtime_env, force=args.force, stopper=stopper, mlflow=args.mlflow)
-        except KeyboardInterrupt:
-            return _stopped_before_start(stopper)
-    return finish(outcome, args)
+    result = resume(args.study, storage=args.storage, address=args.address, space_file=args.space_file,
+                    runtime_env=args.runtime_env, force=args.force, mlflow=args.mlflow)
+    return finish(result, "resume", args.address)
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from .cluster import load_runtime_env
-    from .extend import extend
-    from .study import Stopper
+    from .api import extend
 
-    _check_flags(args)
-    for flag, value in (("--num-samples", args.num_samples), ("--repeats", args.repeats)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be >= 1")
-    runtime_env = load_runtime_env(args.runtime_env)
-    with Stopper() as stopper:
-        try:
-            outcome = extend(args.study, storage_root=args.storage, address=args.address,
-                             overrides=tuple(args.overrides), space_file=args.space_file,
-                             num_samples=args.num_samples, repeats=args.repeats,
-                             dry_run=args.dry_run, runtime_env=runtime_env, force=args.force, stopper=stopper,
-                             max_concurrent=args.max_concurrent, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
-                             mlflow=args.mlflow)
-        except KeyboardInterrupt:
-            return _stopped_before_start(stopper)
-    return EXIT_OK if outcome is None else finish(outcome, args)
-
-
-def _stopped_before_start(stopper) -> int:
-    print("adder-sweep: stopped before any trial ran", file=sys.stderr)
-    return EXIT_SIGTERM if stopper.reason == "sigterm" else EXIT_SIGINT
+    result = extend(args.study, storage=args.storage, address=args.address, overrides=tuple(args.overrides),
+                    space_file=args.space_file, num_samples=args.num_samples, repeats=args.repeats,
+                    dry_run=args.dry_run, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, runtime_env=args.runtime_env, force=args.force,
+                    mlflow=args.mlflow)
+    return EXIT_OK if not result.ran else finish(result, "extend", args.address)
 
 
 def _describe_config(config: dict, keys: list[str]) -> str:
     return " ".join(f"{k}={config.get(k)}" for k in keys if k in config)
 
 
-def _write_page(storage, name: str):
-    """report.html from the tables just written, and the study it was drawn from; a page that cannot be drawn is
-    a warning (and None), never a failed run."""
-    try:
-        from .results.page import write
-        from .results.report import load_study
-
-        study = load_study(storage.uri(name), storage.root)
-        write(study)
-        return study
-    except Exception as exc:
-        print(f"adder-sweep: report.html not written ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return None
-
-
-def finish(outcome, args) -> int:
-    """Tables, the summary, and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if
-    any ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
+def finish(result, command: str, address: Optional[str]) -> int:
+    """The summary and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if any
+    ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
     MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
     from .space import StudySpec
     from .status import print_study_summary
     from .storage import Storage, read_record
-    from .results.tables import write_tables
 
-    storage = Storage.open(outcome.storage)
-    study = _write_page(storage, outcome.name) if write_tables(storage, outcome.name) is not None else None
+    if not result.started:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
+        print("adder-sweep: stopped before any trial ran", file=sys.stderr)
+        return EXIT_SIGTERM if result.stop_reason == "sigterm" else EXIT_SIGINT
+    storage = Storage.open(result.storage)
+    study = result._study  # the tables the call wrote, or None when they could not be written (it said why)
     print()
     try:
-        print_study_summary(storage, outcome.name, study)
+        print_study_summary(storage, result.name, study)
     except UserError as exc:
         print(f"adder-sweep: {exc}", file=sys.stderr)
     if study is not None:
@@ -235,39 +169,38 @@ def finish(outcome, args) -> int:
             print(line)
     from .tracking import describe_tracking
 
-    tracking = getattr(outcome, "tracking", None)
-    for line in describe_tracking(tracking):
-        print(line, file=sys.stderr if tracking["missed"] else sys.stdout)
+    for line in describe_tracking(result.tracking):
+        print(line, file=sys.stderr if result.tracking["missed"] else sys.stdout)
     where = storage.flag()
-    addr = f" --address {args.address}" if getattr(args, "address", None) else ""
-    if outcome.stop_reason == "taken_over":
+    addr = f" --address {address}" if address else ""
+    if result.stop_reason == "taken_over":
         from .claim import describe
 
-        print(f"adder-sweep {args.command}: error: study {outcome.name} was taken over by another driver "
-              f"({describe(outcome.taken_by or {})}); this one stopped its trials and leaves the study to it",
+        print(f"adder-sweep {command}: error: study {result.name} was taken over by another driver "
+              f"({describe(result.taken_by or {})}); this one stopped its trials and leaves the study to it",
               file=sys.stderr)
         return EXIT_REFUSED
-    if outcome.errors:
+    if result.errors:
         try:
-            swept = StudySpec.from_json(read_record(storage, outcome.name)["spec"]).swept_keys()
+            swept = StudySpec.from_json(read_record(storage, result.name)["spec"]).swept_keys()
         except (UserError, KeyError, TypeError):
             swept = []
-        n = len(outcome.errors)
-        print(f"\nadder-sweep {args.command}: {n} trial{'s' if n != 1 else ''} ended in error:", file=sys.stderr)
-        for e in outcome.errors:
+        n = len(result.errors)
+        print(f"\nadder-sweep {command}: {n} trial{'s' if n != 1 else ''} ended in error:", file=sys.stderr)
+        for e in result.errors:
             print(f"  {e.trial_id} ({_describe_config(e.config, swept) or 'config in trials.parquet'}): {e.message}"
                   + (f"\n    full error: {e.error_file}" if e.error_file else ""), file=sys.stderr)
-    if outcome.interrupted:
-        why = "stopped by SIGTERM" if outcome.stop_reason == "sigterm" else "interrupted"
-        print(f"\nStudy {outcome.name} was {why}. Resume it with:\n  adder-sweep resume {outcome.name}{where}{addr}",
+    if result.interrupted:
+        why = "stopped by SIGTERM" if result.stop_reason == "sigterm" else "interrupted"
+        print(f"\nStudy {result.name} was {why}. Resume it with:\n  adder-sweep resume {result.name}{where}{addr}",
               file=sys.stderr)
-        return EXIT_SIGTERM if outcome.stop_reason == "sigterm" else EXIT_SIGINT
-    if outcome.errors:
-        print(f"Errored trials continue from their last checkpoint with: adder-sweep resume {outcome.name}{where}"
+        return EXIT_SIGTERM if result.stop_reason == "sigterm" else EXIT_SIGINT
+    if result.errors:
+        print(f"Errored trials continue from their last checkpoint with: adder-sweep resume {result.name}{where}"
               f"{addr}", file=sys.stderr)
         return EXIT_TRIALS_ERRORED
-    print(f"Study page: {storage.uri(outcome.name, 'report.html')}  (tables and plots: adder-sweep report "
-          f"{outcome.name}{where})")
+    print(f"Study page: {storage.uri(result.name, 'report.html')}  (tables and plots: adder-sweep report "
+          f"{result.name}{where})")
     return EXIT_OK
 
 

@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import AdderSweepError
+
 CELLS = ("rnn", "lstm", "gru")
 KERNELS = ("torch", "fused")
 DATA_MODES = ("full", "seed")
@@ -26,7 +28,7 @@ SEED_MODE_MIN_DIGITS = 10
 MAX_DIGITS = 10_000
 
 
-class ConfigError(ValueError):
+class ConfigError(AdderSweepError, ValueError):
     """A configuration is invalid; ``problems`` lists every bad field as ``(field, message)``."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "config"):

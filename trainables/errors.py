@@ -1,11 +1,19 @@
-"""Errors of the training side that callers handle without importing torch (the CLI maps them to exit code 2)."""
+"""The one exception family of adder-sweep, and the training side's members of it; callers handle them without
+importing torch. The CLI prints any ``AdderSweepError`` as one line and exits 2 (trials that ran and failed are not
+an exception: they are in the result of ``orchestrator.sweep``, whose ``raise_for_errors`` raises ``TrialsFailed``)."""
 
 
-class CheckpointError(RuntimeError):
+class AdderSweepError(Exception):
+    """Base of every error adder-sweep raises on purpose: its message is one line naming the culprit and what to do."""
+
+    exit_code = 2
+
+
+class CheckpointError(AdderSweepError, RuntimeError):
     """A checkpoint file is missing, truncated, not an adder-sweep checkpoint, or refused (it would run code)."""
 
 
-class DeviceError(RuntimeError):
+class DeviceError(AdderSweepError, RuntimeError):
     """The device a run asks for is not on this machine, or a resumed run would continue on another device than
     it trained on without being told to."""
 
