@@ -44,7 +44,7 @@ def startup(runs: int = 7) -> dict:
 
 def make_study(root: Path, name: str, n: int = 1000, reports: int = 30, seed: int = 0) -> Path:
     """A study directory as a finished sweep leaves it, with ``n`` trials (synthetic numbers)."""
-    from orchestrator.space import parse_space
+    from orchestrator.spec.space import parse_space
 
     rng = random.Random(seed)
     study = root / name

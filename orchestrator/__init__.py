@@ -17,7 +17,7 @@ from typing import Any
 
 _WHERE = {
     "sweep": "api", "resume": "api", "extend": "api", "load_study": "api", "StudyResult": "api", "TrialError": "api",
-    "read_space_file": "space", "parse_space": "space", "StudySpec": "space",
+    "read_space_file": "spec.space", "parse_space": "spec.space", "StudySpec": "spec.space",
     "UserError": "errors", "TrialsFailed": "errors", "AdderSweepError": "errors",
 }
 __all__ = sorted(_WHERE)

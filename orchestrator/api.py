@@ -238,7 +238,7 @@ def with_repeats(spec, repeats: Optional[int]):
         return spec
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: must be >= 1")
-    from .space import respec
+    from .spec.space import respec
 
     return respec(spec, f"{spec.source} (with --repeats {repeats})", repeats=repeats)
 
@@ -247,7 +247,7 @@ def _read_space(space: SpaceLike, overrides: tuple[str, ...]):
     """(the space as given, its YAML text, the space with ``overrides``) for every form ``sweep`` takes."""
     import yaml
 
-    from .space import STUDY_KEYS, StudySpec, parse_space, read_space_file
+    from .spec.space import STUDY_KEYS, StudySpec, parse_space, read_space_file
 
     if isinstance(space, StudySpec):
         raw = {k: v for k, v in space.to_json().items() if k in STUDY_KEYS}

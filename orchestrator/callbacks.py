@@ -2,7 +2,7 @@
 
 * ``HParamsLogger``: Ray's TensorBoard logger (it stays the only one: Ray adds its own only when none is given)
   writes a trial's HParams record at its end from ``trial.evaluated_params`` -- the values Tune's searcher sampled.
-  adder-sweep resolves every grid and random trial in the driver (orchestrator/plan.py), so Tune samples nothing
+  adder-sweep resolves every grid and random trial in the driver (orchestrator/spec/plan.py), so Tune samples nothing
   and Ray would record no hyperparameters at all. This subclass records the study's swept keys and seed instead,
   with the trial's final metrics, in the trial's own event file: one HParams session per trial.
 * ``LivePage``: while trials run, rewrites ``report.html`` every 30 s (atomically; for a large study at least 20
@@ -58,7 +58,7 @@ class StudyReporter(CLIReporter):
 def live_columns(spec) -> tuple[list[str], list[str]]:
     """The live table's (parameter, metric) columns: the study's swept keys, the seed when it has replicates,
     and the iteration, the loss and the study's metric."""
-    from .plan import seeds
+    from .spec.plan import seeds
 
     params = [k for k in spec.swept_keys() if k != "seed"]
     if "seed" in spec.swept_keys() or len(seeds(spec)) > 1 or not params:
@@ -387,7 +387,7 @@ def write_live_page(name: str, storage_root: str, spec_json: dict, generation: i
     from .results.page import write
     from .results.report import Study
     from .results.tables import identity_function, tables_from
-    from .space import StudySpec
+    from .spec.space import StudySpec
     from .storage import Storage, read_record
 
     storage = Storage.open(storage_root)

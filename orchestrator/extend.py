@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import UserError
-from .plan import PlannedTrial, config_id, identity_keys, plan
-from .space import Dist, StudySpec, respec
+from .spec.plan import PlannedTrial, config_id, identity_keys, plan
+from .spec.space import Dist, StudySpec, respec
 from .storage import Storage, read_record, study_location, write_record
 
 NEW_STUDY = "start a new study instead (`adder-sweep sweep FILE --set KEY=VALUE`)"
@@ -180,7 +180,7 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
 
 def _optuna_replicates(chains, new: StudySpec, keys) -> list[PlannedTrial]:
     """An Optuna study's plan for an extension: the configurations Optuna sampled, with every seed of ``new``."""
-    from .plan import seeds
+    from .spec.plan import seeds
 
     out, seen = [], set()
     for chain in chains:
@@ -226,7 +226,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
         raise UserError(f"study {name!r} uses PBT, whose trials copy each other's weights while the study runs; a "
                         f"PBT study cannot grow -- {NEW_STUDY}")
     if space_file is not None:  # the study file as the user edited it (more grid values, say)
-        from .space import read_space_file
+        from .spec.space import read_space_file
 
         base, _ = read_space_file(space_file, overrides)
         new = respec(base, base.source, num_samples=num_samples, repeats=repeats)

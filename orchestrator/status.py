@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 from .errors import UserError
-from .space import StudySpec
+from .spec.space import StudySpec
 from .storage import STUDY_RECORD, Storage
 from .results.tables import load_trials
 

@@ -23,7 +23,7 @@ from .claim import Claim, claim_existing_study, claim_new_study
 from .cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from .errors import UserError
 from .records import code_version, command_line, now_iso, package_versions
-from .space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
+from .spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
 from .storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
 
@@ -205,7 +205,7 @@ def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: in
 def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optional[list[dict]] = None,
                 gen_path: str = "", history: tuple = ()):
     """The Tuner of one generation. Grid and random studies run the trials the driver resolved
-    (orchestrator/plan.py) as Tune's points_to_evaluate, so Tune samples nothing; Optuna samples, and repeats come
+    (orchestrator/spec/plan.py) as Tune's points_to_evaluate, so Tune samples nothing; Optuna samples, and repeats come
     from Tune's Repeater. ``points`` replaces the plan (``extend`` passes the new and continued trials)."""
     import logging
 
@@ -221,7 +221,7 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
 
     from trainables.config import TrainConfig
 
-    from .plan import plan, seeds
+    from .spec.plan import plan, seeds
 
     from .callbacks import StudyReporter, live_columns
 
@@ -448,7 +448,7 @@ def _check_trial_folders(storage: Storage, name: str) -> None:
 
 
 def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
-    from .space import read_space_file
+    from .spec.space import read_space_file
 
     name = record["name"]
     candidates = [space_file] if space_file else []

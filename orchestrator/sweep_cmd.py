@@ -96,7 +96,7 @@ def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .api import with_repeats
-    from .space import describe, read_space_file
+    from .spec.space import describe, read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
     spec = with_repeats(spec, args.repeats)
@@ -142,7 +142,7 @@ def finish(result, command: str, address: Optional[str]) -> int:
     """The summary and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if any
     ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
     MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
-    from .space import StudySpec
+    from .spec.space import StudySpec
     from .status import print_study_summary
     from .storage import Storage, read_record
 

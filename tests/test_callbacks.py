@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from orchestrator.callbacks import LivePage, wait_for_live_pages
 from orchestrator.state_copy import read_state_copy, state_is_complete
 from orchestrator.storage import Storage
-from orchestrator.space import parse_space
+from orchestrator.spec.space import parse_space
 
 SPACE = "space:\n  cell: {grid: [rnn, gru]}\n  digits: 3\n  iters: 100\n  eval_every: 20\n"
 

@@ -263,7 +263,7 @@ def test_ray_start_cluster_via_ray_address_with_auth_detected(tmp_path, token_mo
 def test_a_trial_must_fit_on_one_node_not_on_the_cluster_totals():
     """check_fits decides from each alive node's resources as ray.nodes() lists them (the CPU case runs on a real
     two-node cluster above; GPU nodes cannot be started here)."""
-    from orchestrator.space import parse_space
+    from orchestrator.spec.space import parse_space
     from orchestrator.study import check_fits
 
     def node(ip, cpu, gpu=0, alive=True):
@@ -344,7 +344,7 @@ def test_fractional_gpus_run_eight_trials_at_once_on_two_logical_gpus(tmp_path):
 
 
 def test_the_probe_asks_for_a_compiler_only_where_the_fused_kernel_builds():
-    from orchestrator.space import parse_space
+    from orchestrator.spec.space import parse_space
     from orchestrator.study import needs_cuda, uses_fused_kernel
 
     def spec(text):

@@ -1,4 +1,4 @@
-"""Growing studies (orchestrator/extend.py, orchestrator/plan.py) on real Ray: new grid values and seeds without
+"""Growing studies (orchestrator/extend.py, orchestrator/spec/plan.py) on real Ray: new grid values and seeds without
 rerunning finished trials, a longer budget equal to a longer study from scratch, refusals, an interrupted extension
 finished by resume, and replicates that share their sampled values."""
 import json
@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.plan import plan
-from orchestrator.space import parse_space
+from orchestrator.spec.plan import plan
+from orchestrator.spec.space import parse_space
 from tests.conftest import ROOT, write_space
 
 # budget 60 = 3 reports of 20; target 1.5 never solves, so every trial ends on its budget and can be continued
@@ -188,7 +188,7 @@ def test_replicates_share_sampled_values_and_growth_keeps_them():
     assert all(len({lr for lr, _ in v}) == 1 and {s for _, s in v} == {0, 1} for v in by_config.values())
     assert len({t.config["lr"] for t in trials}) == 6  # each configuration has its own lr
     # more samples, more seeds, another grid value and a wider range: every old trial keeps its values
-    from orchestrator.space import respec
+    from orchestrator.spec.space import respec
 
     grown = respec(spec, "r.yaml", ("cell={grid: [rnn, gru, lstm]}", "lr={loguniform: [0.00001, 1.0]}"),
                    num_samples=5, repeats=3)

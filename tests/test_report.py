@@ -92,7 +92,7 @@ def test_default_pivot_is_swept_keys_by_best_metric(study):
 
 
 def test_edge_note_for_sampled_ranges(study):
-    from orchestrator.space import Dist, StudySpec
+    from orchestrator.spec.space import Dist, StudySpec
 
     spec = StudySpec(name="x", space={"lr": Dist("loguniform", [1e-4, 1e-1]), "layers": Dist("grid", [1, 2, 3]),
                                       "cell": Dist("grid", ["rnn", "gru"])})
@@ -337,8 +337,8 @@ def test_pivot_bins_stay_inside_the_values_the_trials_had(kind, args):
     -0.000899..0.000265. Every bin edge, as printed, lies within the values drawn, and so within the range."""
     import numpy as np
 
-    from orchestrator.plan import draw
-    from orchestrator.space import Dist
+    from orchestrator.spec.plan import draw
+    from orchestrator.spec.space import Dist
 
     rng = np.random.default_rng(0)
     values = pd.Series([draw(Dist(kind, args), rng) for _ in range(1000)])
@@ -353,8 +353,8 @@ def test_pivot_bins_stay_inside_the_values_the_trials_had(kind, args):
 
 
 def test_edge_note_counts_qrandints_upper_bound_as_drawn():
-    """qrandint draws include its upper bound (orchestrator/plan.py, as Tune's); randint's is exclusive."""
-    from orchestrator.space import parse_space
+    """qrandint draws include its upper bound (orchestrator/spec/plan.py, as Tune's); randint's is exclusive."""
+    from orchestrator.spec.space import parse_space
 
     spec = parse_space("space:\n  hidden: {qrandint: [16, 128, 16]}\n  layers: {randint: [1, 4]}\n", "e.yaml")
     assert report.edge_note(spec, "hidden", 128) is not None and "upper edge" in report.edge_note(spec, "hidden", 128)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.space import parse_space, read_space_file
+from orchestrator.spec.space import parse_space, read_space_file
 from tests.conftest import ROOT
 
 BAD = sorted((ROOT / "tests" / "data" / "bad_spaces").glob("*.yaml"))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.space import read_space_file
+from orchestrator.spec.space import read_space_file
 from orchestrator.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
 from benchmarks.stress_resume import SPACE as STRESS_SPACE, final_by_config
@@ -164,7 +164,7 @@ def test_resume_errors(ray_local, tmp_path, capsys):
 
 
 def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
-    from orchestrator.space import parse_space
+    from orchestrator.spec.space import parse_space
     from orchestrator.study import check_fits, trial_resources
     from orchestrator.errors import UserError
     from trainables.device import resolve_device
@@ -191,7 +191,7 @@ def test_shipped_file_runs_in_smoke_mode(ray_local, tmp_path, path, capsys):
 
 
 def test_smoke_keeps_grid_extremes_and_shrinks_the_budget():
-    from orchestrator.space import parse_space
+    from orchestrator.spec.space import parse_space
 
     spec = parse_space("num_samples: 5\nscheduler: {type: asha, max_t: 3000, grace_period: 100}\nspace:\n"
                        "  digits: {grid: [10, 20, 50, 100]}\n  cell: {grid: [rnn, lstm, gru]}\n"

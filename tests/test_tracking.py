@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.space import parse_space
+from orchestrator.spec.space import parse_space
 from tests.conftest import ROOT, require, run_cli, write_space
 
 SERVER = Path(os.environ.get("ADDER_SWEEP_MLFLOW_SERVER", ROOT / ".venv-mlflow" / "bin" / "mlflow"))
@@ -291,7 +291,7 @@ def test_server_lost_mid_study_costs_the_copy_not_the_study(tmp_path):
     ("trackng: {mlflow: http://h:5000}", "trackng", "unknown study key (did you mean 'tracking'?)"),
 ])
 def test_tracking_key_is_checked_like_the_others(text, key, message):
-    from orchestrator.space import SpaceError
+    from orchestrator.spec.space import SpaceError
 
     with pytest.raises(SpaceError) as info:
         parse_space(f"{text}\nspace: {{iters: 40}}\n", "t.yaml")

@@ -1,6 +1,6 @@
 """Seeds derived from names, stable across processes, machines and Python versions (unlike ``hash()``).
 
-Torch-free, so the sweep driver can plan trials (orchestrator/plan.py) without importing torch.
+Torch-free, so the sweep driver can plan trials (orchestrator/spec/plan.py) without importing torch.
 """
 from __future__ import annotations
 

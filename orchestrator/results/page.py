@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ..space import Dist
+from ..spec.space import Dist
 from .report import Pivot, Study, fmt, make_pivot, rank_trials, summarize
 
 PAGE = "report.html"

@@ -15,7 +15,7 @@ import pandas as pd
 from trainables.config import did_you_mean
 
 from ..errors import UserError
-from ..space import Dist, StudySpec
+from ..spec.space import Dist, StudySpec
 from ..storage import DEFAULT_STORAGE, Storage
 
 from . import AGGS, FORMATS  # noqa: F401  (the flags' choices; re-exported)
@@ -221,7 +221,7 @@ def edge_note(spec: StudySpec, key: str, value: Any) -> Optional[str]:
         return None
     lo, hi = dist.args[0], dist.args[1]
     if dist.kind == "randint":
-        hi = hi - 1  # hi is exclusive (qrandint's is inclusive, as Tune's and orchestrator/plan.py draw it)
+        hi = hi - 1  # hi is exclusive (qrandint's is inclusive, as Tune's and orchestrator/spec/plan.py draw it)
     if dist.kind == "loguniform":
         pos = (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
     else:

@@ -447,16 +447,16 @@ def tables_from(name: str, per_trial: list, ids=None, meta: Optional[dict] = Non
 
 
 def identity_function(spec):
-    """config -> configuration id under ``spec`` (orchestrator/plan.py)."""
-    from ..plan import config_id, identity_keys
+    """config -> configuration id under ``spec`` (orchestrator/spec/plan.py)."""
+    from ..spec.plan import config_id, identity_keys
 
     keys = identity_keys(spec)
     return lambda config: config_id(config, keys)
 
 
 def _identity(storage: Storage, name: str):
-    """config -> configuration id under the study's current spec (orchestrator/plan.py), or None."""
-    from ..space import StudySpec
+    """config -> configuration id under the study's current spec (orchestrator/spec/plan.py), or None."""
+    from ..spec.space import StudySpec
     from ..storage import STUDY_RECORD
 
     try:

@@ -20,7 +20,7 @@ import yaml
 
 from trainables.config import ConfigError, TrainConfig, coerce, did_you_mean, field_specs, type_name
 
-from .errors import UserError
+from ..errors import UserError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
 METRICS = ("exact_acc", "digit_acc", "loss")
@@ -76,7 +76,7 @@ class StudySpec:
     metric: str = "exact_acc"
     mode: str = "max"
     num_samples: int = 1
-    repeats: int = 1  # replicates of every configuration: seeds s..s+repeats-1, s = space.seed (orchestrator/plan.py)
+    repeats: int = 1  # replicates of every configuration: seeds s..s+repeats-1, s = space.seed (orchestrator/spec/plan.py)
     stop: dict[str, float] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
     search: dict[str, Any] = field(default_factory=lambda: {"type": "grid", "seed": 0})
@@ -95,7 +95,7 @@ class StudySpec:
         return math.prod(len(v.args) for v in self.space.values() if isinstance(v, Dist) and v.kind == "grid")
 
     def num_trials(self) -> int:
-        """Trials the study plans (identical random draws of a configuration run once: orchestrator/plan.py)."""
+        """Trials the study plans (identical random draws of a configuration run once: orchestrator/spec/plan.py)."""
         from .plan import num_trials
 
         return num_trials(self)
