@@ -80,7 +80,7 @@ def make_study(root: Path, name: str, n: int = 1000, reports: int = 30, seed: in
 def load(n: int = 1000) -> dict:
     from orchestrator import load_study
     from orchestrator.results.tables import write_tables
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     with tempfile.TemporaryDirectory() as tmp:
         make_study(Path(tmp), "big", n)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from orchestrator.records import command_line, package_versions
+from orchestrator.studydir.records import command_line, package_versions
 
 
 # -- machine and versions ---------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def study_reports(study: Path) -> dict[str, list[dict]]:
 
 
 def final_by_config(study: Path) -> dict:
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
     from orchestrator.results.tables import load_reports, load_trials
 
     st = Storage.open(study.parent)
@@ -161,7 +161,7 @@ def run_scenario(workdir: Path, reference_metrics: dict, *, seed: int, kills: in
             break
 
     if not problems:
-        from orchestrator.storage import Storage
+        from orchestrator.studydir.storage import Storage
         from orchestrator.results.tables import load_trials
 
         trials = load_trials(Storage.open(storage), name)
@@ -201,7 +201,7 @@ def _running_checkpoint(study: Path, state_files: dict[str, bytes]) -> tuple[str
     experiment state (the one `resume` restores) names a checkpoint, or None."""
     from orchestrator.errors import UserError
     from orchestrator.results.tables import snapshot_trials
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     names = [f for f in state_files if f.startswith("experiment_state-")]
     if not names:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import TrialsFailed, UserError
-from .storage import DEFAULT_STORAGE
+from .studydir.storage import DEFAULT_STORAGE
 from .study import TrialError
 
 __all__ = ["StudyResult", "TrialError", "extend", "load_study", "resume", "sweep"]
@@ -283,7 +283,7 @@ def _finish(outcome) -> StudyResult:
     """Tables and the study page from what Tune wrote, and the result. A page that cannot be drawn is a warning
     (the study is on storage all the same), never a failed call."""
     from .results.tables import write_tables
-    from .storage import Storage
+    from .studydir.storage import Storage
 
     storage = Storage.open(outcome.storage)
     study = _write_page(storage, outcome.name) if write_tables(storage, outcome.name) is not None else None
@@ -318,7 +318,7 @@ def _as_it_stands(study: str, storage, ext) -> StudyResult:
     from collections import Counter
 
     from .results.tables import load_trials
-    from .storage import study_location
+    from .studydir.storage import study_location
 
     st, name = study_location(study, str(storage))
     trials = load_trials(st, name)

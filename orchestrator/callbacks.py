@@ -335,7 +335,7 @@ class CheckpointPruner(Callback):
         """Refresh adder-sweep's copy of the experiment state (file-system storage only), so a state cut off by
         a lost driver costs `resume` seconds of progress, not the study."""
         from .state_copy import keep_state_copy
-        from .storage import Storage
+        from .studydir.storage import Storage
 
         start = self._copied = time.monotonic()
         try:
@@ -350,7 +350,7 @@ class CheckpointPruner(Callback):
         self._prune(None)  # every finished trial, also those a run before this one finished
 
     def _prune(self, only: set[str] | None) -> None:
-        from .storage import Storage
+        from .studydir.storage import Storage
 
         start = self._last = time.monotonic()
         try:
@@ -388,7 +388,7 @@ def write_live_page(name: str, storage_root: str, spec_json: dict, generation: i
     from .results.report import Study
     from .results.tables import identity_function, tables_from
     from .spec.space import StudySpec
-    from .storage import Storage, read_record
+    from .studydir.storage import Storage, read_record
 
     storage = Storage.open(storage_root)
     spec = StudySpec.from_json(spec_json)

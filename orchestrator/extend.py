@@ -24,7 +24,7 @@ from typing import Optional
 from .errors import UserError
 from .spec.plan import PlannedTrial, config_id, identity_keys, plan
 from .spec.space import Dist, StudySpec, respec
-from .storage import Storage, read_record, study_location, write_record
+from .studydir.storage import Storage, read_record, study_location, write_record
 
 NEW_STUDY = "start a new study instead (`adder-sweep sweep FILE --set KEY=VALUE`)"
 
@@ -215,8 +215,8 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     """Check, plan and run an extension; returns (Outcome, its ExtensionPlan), the Outcome None when there is
     nothing to run (or a dry run).
     Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
-    from .claim import claim_existing_study
-    from .records import now_iso
+    from .studydir.claim import claim_existing_study
+    from .studydir.records import now_iso
     from .study import _connect_and_probe, _fit, build_tuner, run_entry
 
     storage, name = study_location(name_or_path, storage_root)

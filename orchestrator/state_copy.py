@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from .results.tables import experiment_state_path
-from .storage import Storage, generation_parts
+from .studydir.storage import Storage, generation_parts
 
 STATE_COPY = "adder_state_copy.json"
 # Ray's experiment state (Ray 2.52-2.60) ends with its "stats" object: a file cut off mid-write ends elsewhere
@@ -59,7 +59,7 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
     None, the state file's (name, size, mtime) that was copied). ``unchanged``: that signature from the previous
     call -- a state Ray has not rewritten since is not read and written again. None bytes: object storage, no
     state yet, unchanged, or caught mid-write (the previous copy stays)."""
-    from .records import write_atomic
+    from .studydir.records import write_atomic
 
     if not storage.is_local:
         return None, None

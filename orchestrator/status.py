@@ -7,7 +7,7 @@ from typing import Optional
 
 from .errors import UserError
 from .spec.space import StudySpec
-from .storage import STUDY_RECORD, Storage
+from .studydir.storage import STUDY_RECORD, Storage
 from .results.tables import load_trials
 
 STATE_ORDER = ("pending", "running", "terminated", "errored")
@@ -15,7 +15,7 @@ STATE_ORDER = ("pending", "running", "terminated", "errored")
 
 def driver_note(storage: Storage, name: str) -> str | None:
     """Who runs the study now, from its claim: None if nobody (or a driver of this host that is gone)."""
-    from .claim import holder_alive_here, on_this_host, read_claim
+    from .studydir.claim import holder_alive_here, on_this_host, read_claim
 
     info = read_claim(storage, name)
     if info is None or (on_this_host(info) and not holder_alive_here(info)):
@@ -121,7 +121,7 @@ def best_trial_line(study) -> Optional[str]:
 def print_status(storage_root: str, name: Optional[str]) -> int:
     storage = Storage.open(storage_root)
     if name is not None:
-        from .storage import read_record, study_location
+        from .studydir.storage import read_record, study_location
 
         storage, name = study_location(name, storage_root)
         read_record(storage, name)

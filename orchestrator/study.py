@@ -6,7 +6,7 @@ directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runti
 
 Order of a launch, so that a refused launch leaves nothing behind: validate, probe the tracking server if any
 (orchestrator.tracking), connect (orchestrator.cluster), check the trials fit, probe every node, claim the study name
-(orchestrator.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
+(orchestrator.studydir.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
 CLI can exit non-zero when any errored.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .claim import Claim, claim_existing_study, claim_new_study
+from .studydir.claim import Claim, claim_existing_study, claim_new_study
 from .cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from .errors import UserError
-from .records import code_version, command_line, now_iso, package_versions
+from .studydir.records import code_version, command_line, now_iso, package_versions
 from .spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
-from .storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
+from .studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -395,7 +395,7 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
       previous driver's actors, all gone: clear them."""
     from .results.tables import experiment_state_path
     from .state_copy import read_state_copy, state_is_complete
-    from .storage import generation_parts
+    from .studydir.storage import generation_parts
 
     path = experiment_state_path(storage, name, gen_path)
     if path is None:

@@ -6,7 +6,7 @@ import sys
 from typing import Optional
 
 from .errors import UserError
-from .storage import DEFAULT_STORAGE
+from .studydir.storage import DEFAULT_STORAGE
 
 # Exit codes of the commands that run trials (README "Exit codes").
 EXIT_OK, EXIT_TRIALS_ERRORED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
@@ -144,7 +144,7 @@ def finish(result, command: str, address: Optional[str]) -> int:
     MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
     from .spec.space import StudySpec
     from .status import print_study_summary
-    from .storage import Storage, read_record
+    from .studydir.storage import Storage, read_record
 
     if not result.started:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
         print("adder-sweep: stopped before any trial ran", file=sys.stderr)
@@ -174,7 +174,7 @@ def finish(result, command: str, address: Optional[str]) -> int:
     where = storage.flag()
     addr = f" --address {address}" if address else ""
     if result.stop_reason == "taken_over":
-        from .claim import describe
+        from .studydir.claim import describe
 
         print(f"adder-sweep {command}: error: study {result.name} was taken over by another driver "
               f"({describe(result.taken_by or {})}); this one stopped its trials and leaves the study to it",

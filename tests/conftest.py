@@ -135,7 +135,7 @@ def run_study_text(text, storage, name, **kw):
 
 def final_metrics_by_config(storage, name, swept):
     """{tuple of swept config values: last report without timing fields} for every trial of a study."""
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
     from orchestrator.results.tables import load_reports, load_trials
 
     st = Storage.open(storage)

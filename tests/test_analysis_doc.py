@@ -30,7 +30,7 @@ def root(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     run_study_text(STUDY, root, "ana")
     from orchestrator.results.tables import write_tables
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     write_tables(Storage.open(root), "ana")
     return root
@@ -78,7 +78,7 @@ def test_stale_tables_are_not_trusted(root, tmp_path):
     import pyarrow.parquet as pq
 
     from orchestrator.results import tables
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     copy = tmp_path / "c"
     shutil.copytree(root / "ana", copy / "ana")

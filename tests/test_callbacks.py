@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from orchestrator.callbacks import LivePage, wait_for_live_pages
 from orchestrator.state_copy import read_state_copy, state_is_complete
-from orchestrator.storage import Storage
+from orchestrator.studydir.storage import Storage
 from orchestrator.spec.space import parse_space
 
 SPACE = "space:\n  cell: {grid: [rnn, gru]}\n  digits: 3\n  iters: 100\n  eval_every: 20\n"
@@ -80,7 +80,7 @@ def test_pruning_follows_the_state_on_storage_not_the_driver(tmp_path):
     (three for an errored trial: its registered checkpoint may be the second newest, and keeps one before it); a
     running trial's snapshot may name any of its checkpoints, so all stay."""
     from orchestrator.callbacks import prune_finished_checkpoints
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     study = _state(tmp_path, {"a": "TERMINATED", "b": "ERROR", "c": "RUNNING", "d": "TERMINATED"})
     storage = Storage.open(str(tmp_path))
@@ -129,7 +129,7 @@ def test_the_state_copy_skips_an_unchanged_state_and_waits_by_its_cost(tmp_path)
     a copy or prune that took a while waits COST_SHARE times as long before the next (<= 5% of the driver)."""
     from orchestrator.callbacks import CheckpointPruner
     from orchestrator.state_copy import keep_state_copy
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     study = _state(tmp_path, {"a": "RUNNING"})
     storage = Storage.open(tmp_path)

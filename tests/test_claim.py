@@ -1,4 +1,4 @@
-"""The study claim (orchestrator/claim.py): one driver per study, heartbeats, and taking over from a lost driver.
+"""The study claim (orchestrator/studydir/claim.py): one driver per study, heartbeats, and taking over from a lost driver.
 
 Claims are plain files; these tests use real processes and real files, no Ray."""
 import json
@@ -13,15 +13,15 @@ import pytest
 
 from orchestrator import claim as claims
 from orchestrator.errors import UserError
-from orchestrator.storage import Storage
+from orchestrator.studydir.storage import Storage
 from tests.conftest import ROOT
 
 RACE = """
 import sys, time
 sys.path.insert(0, {root!r})
-from orchestrator.claim import claim_new_study
+from orchestrator.studydir.claim import claim_new_study
 from orchestrator.errors import UserError
-from orchestrator.storage import Storage
+from orchestrator.studydir.storage import Storage
 time.sleep(max(0.0, {start} - time.time()))
 try:
     claim_new_study(Storage.open({storage!r}), "race")

@@ -234,7 +234,7 @@ def test_ray_start_cluster_via_ray_address_with_auth_detected(tmp_path, token_mo
         assert record["runs"][0]["auth"] == ("token" if token_mode else "disabled")
         if not token_mode:
             from orchestrator.results.tables import load_reports, load_trials
-            from orchestrator.storage import Storage
+            from orchestrator.studydir.storage import Storage
 
             st = Storage.open(storage)
             nodes = {r["node"] for t in load_trials(st, "c") for r in load_reports(st, "c", t["dir"])}
@@ -316,7 +316,7 @@ def test_fractional_gpus_run_eight_trials_at_once_on_two_logical_gpus(tmp_path):
     each given one of the two GPU ids; a study that trains on CUDA there is refused by the probe, since this
     machine's torch sees no CUDA device behind Ray's logical GPUs."""
     from orchestrator.results.tables import load_reports, load_trials
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     head = Head(tmp_path, token_mode=False, num_cpus=2, num_gpus=2)
     try:

@@ -1,4 +1,4 @@
-"""Study storage (orchestrator/storage.py) on an S3 server: pyarrow's URI query form
+"""Study storage (orchestrator/studydir/storage.py) on an S3 server: pyarrow's URI query form
 (``s3://bucket/dir?endpoint_override=...``) end to end -- sweep, status, report, compare, resume -- with the query
 kept out of every path. The S3 server is moto, started on loopback by the test."""
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.storage import Storage, study_location
+from orchestrator.studydir.storage import Storage, study_location
 from tests.conftest import ROOT, require, write_space
 
 MOTO = Path(sys.executable).parent / "moto_server"

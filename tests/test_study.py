@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.spec.space import read_space_file
-from orchestrator.storage import Storage
+from orchestrator.studydir.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
 from benchmarks.stress_resume import SPACE as STRESS_SPACE, final_by_config
 from tests.conftest import ROOT, final_metrics_by_config, run_cli, run_study, write_space

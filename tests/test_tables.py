@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import records
 from orchestrator.results import tables
-from orchestrator.storage import Storage
+from orchestrator.studydir.storage import Storage
 from trainables.config import field_specs
 
 from tests.conftest import ROOT, run_study_text  # noqa: E402

@@ -183,7 +183,7 @@ def _steps(client, study: str) -> dict:
 
 def _states(storage: Path, study: str) -> dict:
     from orchestrator.results.tables import load_trials
-    from orchestrator.storage import Storage
+    from orchestrator.studydir.storage import Storage
 
     return {t["trial_id"]: t["state"] for t in load_trials(Storage.open(str(storage)), study)}
 

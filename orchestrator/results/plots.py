@@ -241,7 +241,7 @@ def write_plots(study: Study, *, color_by: Optional[str] = None, heatmap: Option
         path = storage.join(study.name, PLOTS_DIR, filename)
         data = png_bytes(fig)
         if storage.is_local:
-            from ..records import write_atomic
+            from ..studydir.records import write_atomic
 
             write_atomic(path, data)
         else:

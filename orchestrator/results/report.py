@@ -16,7 +16,7 @@ from trainables.config import did_you_mean
 
 from ..errors import UserError
 from ..spec.space import Dist, StudySpec
-from ..storage import DEFAULT_STORAGE, Storage
+from ..studydir.storage import DEFAULT_STORAGE, Storage
 
 from . import AGGS, FORMATS  # noqa: F401  (the flags' choices; re-exported)
 # metric names a user types, and the per-trial column they mean
@@ -85,7 +85,7 @@ def load_study(name_or_path: str, storage_root: str = DEFAULT_STORAGE, *, refres
     Reads ``trials.parquet`` and ``metrics.parquet``; when they are missing or older than the files Ray wrote, it
     builds them in memory and writes nothing, so it works on a read-only copy or an object store. ``refresh``
     (the ``report`` command) rebuilds and writes them. UserError if the study does not exist or has no trials."""
-    from ..storage import read_record, study_location
+    from ..studydir.storage import read_record, study_location
     from .tables import read_tables, refresh_tables
 
     storage, name = study_location(name_or_path, storage_root)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from ..errors import UserError
-from ..storage import DEFAULT_STORAGE
+from ..studydir.storage import DEFAULT_STORAGE
 
 
 def register(sub) -> None:
@@ -125,7 +125,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    from ..storage import read_record, study_location
+    from ..studydir.storage import read_record, study_location
 
     storage, name = study_location(args.study, args.storage)
     read_record(storage, name)

@@ -12,7 +12,7 @@ import re
 from typing import Any, Callable, Iterable, Optional
 
 from ..errors import UserError
-from ..storage import Storage, generation_parts
+from ..studydir.storage import Storage, generation_parts
 
 FINAL_STATES = "final_states.json"
 RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "terminated",
@@ -21,7 +21,7 @@ RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "
 
 def generation_paths(storage: Storage, name: str) -> list[str]:
     """The study's generations as paths under its directory: "" (the root, generation 0), "gen-1", ..."""
-    from ..storage import STUDY_RECORD
+    from ..studydir.storage import STUDY_RECORD
 
     try:
         record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
@@ -67,7 +67,7 @@ def tested_ray_range() -> str:
 
 def check_ray_versions(storage: Storage, name: str) -> None:
     """UserError if a Ray outside RAY_STATE_TESTED wrote (ran) this study, by the versions its record holds."""
-    from ..storage import STUDY_RECORD
+    from ..studydir.storage import STUDY_RECORD
 
     try:
         record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
@@ -457,7 +457,7 @@ def identity_function(spec):
 def _identity(storage: Storage, name: str):
     """config -> configuration id under the study's current spec (orchestrator/spec/plan.py), or None."""
     from ..spec.space import StudySpec
-    from ..storage import STUDY_RECORD
+    from ..studydir.storage import STUDY_RECORD
 
     try:
         spec = StudySpec.from_json(json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))["spec"])
@@ -468,7 +468,7 @@ def _identity(storage: Storage, name: str):
 
 def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
     """The study's name, metric, mode and swept keys, so a table alone says what was searched."""
-    from ..storage import STUDY_RECORD
+    from ..studydir.storage import STUDY_RECORD
 
     path = storage.join(name, STUDY_RECORD)
     meta = {"adder_sweep.study": name}
@@ -483,7 +483,7 @@ def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
 
 
 def _write_table(storage: Storage, table, path: str) -> None:
-    from ..records import parquet_bytes
+    from ..studydir.records import parquet_bytes
 
     storage.write_bytes(path, parquet_bytes(table))
 

@@ -112,7 +112,7 @@ def write_parquet_atomic(table, path: str | os.PathLike) -> Path:
 
 def check_writable_dir(path: Path, what: str) -> None:
     """Raise UserError unless ``path`` exists as a directory we can write, or can be created."""
-    from .errors import UserError
+    from ..errors import UserError
 
     probe = path
     while not probe.exists():

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .errors import UserError
+from ..errors import UserError
 from .records import now_iso
 from .storage import Storage
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -190,7 +190,7 @@ def generation_parts(name: str, gen_path: str, *parts: str) -> list[str]:
 
 def study_location(name_or_path: str, storage_root: str) -> tuple[Storage, str]:
     """(storage, study name) for a study given by name under ``storage_root``, or by its path/URI."""
-    from .spec.space import valid_study_name
+    from ..spec.space import valid_study_name
 
     if "://" in name_or_path or os.sep in name_or_path or name_or_path.startswith("."):
         if "://" in name_or_path:
