@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from orchestrator import claim as claims
+from orchestrator.studydir import claim as claims
 from orchestrator.errors import UserError
 from orchestrator.studydir.storage import Storage
 from tests.conftest import ROOT

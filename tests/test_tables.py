@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import records
+from orchestrator.studydir import records
 from orchestrator.results import tables
 from orchestrator.studydir.storage import Storage
 from trainables.config import field_specs
