@@ -393,7 +393,7 @@ STARTUP_SPACE = {"cell": "rnn", "digits": 5, "layers": 2, "iters": 20, "eval_eve
                  "target": 1.5}
 
 # What the start-up is made of, one piece after another in a fresh process: the driver's `import ray` and
-# `ray.init` (as orchestrator.study.connect calls it), then what a trial worker imports besides ray.
+# `ray.init` (as orchestrator.tune.study.connect calls it), then what a trial worker imports besides ray.
 RAY_INIT_PROBE = textwrap.dedent("""\
     import json, time
     t0 = time.monotonic()

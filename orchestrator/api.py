@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 from .errors import TrialsFailed, UserError
 from .studydir.storage import DEFAULT_STORAGE
-from .study import TrialError
+from .tune.study import TrialError
 
 __all__ = ["StudyResult", "TrialError", "extend", "load_study", "resume", "sweep"]
 
@@ -62,7 +62,7 @@ class StudyResult:
     interrupted: bool = False  # Ctrl-C or SIGTERM: trials are left to resume
     stop_reason: Optional[str] = None  # None, "sigint", "sigterm" or "taken_over"
     taken_by: Optional[dict] = None  # the claim of the driver that took the study over
-    tracking: Optional[dict] = None  # what reached the MLflow server (orchestrator.tracking.finish_trackers)
+    tracking: Optional[dict] = None  # what reached the MLflow server (orchestrator.tune.tracking.finish_trackers)
     started: bool = True  # False: stopped before any trial ran (nothing to resume)
     ran: bool = True  # False: an extend with nothing new to run, or a dry run
     extension: Any = None  # extend: its ExtensionPlan (reused, continued, new)
@@ -143,7 +143,7 @@ def sweep(space: SpaceLike, *, name: Optional[str] = None, storage: str = DEFAUL
     strings as ``--set`` takes them. ``runtime_env``: a dict, or JSON text or a file as ``--runtime-env`` takes.
     ``address``: None starts an embedded Ray on this machine (or uses the caller's ``ray.init()``; ``$RAY_ADDRESS``
     is honoured as by the CLI). Raises AdderSweepError for bad input and refused launches."""
-    from .study import Stopper, launch
+    from .tune.study import Stopper, launch
 
     with _ProcessGuard():
         check_resources(max_concurrent, cpus_per_trial, gpus_per_trial)
@@ -167,8 +167,8 @@ def resume(study: str, *, storage: str = DEFAULT_STORAGE, address: Optional[str]
            mlflow: Optional[str] = None) -> StudyResult:
     """Continue an interrupted study (``adder-sweep resume``): finished trials stay, unfinished and errored ones
     continue from their checkpoints. ``study``: its name under ``storage``, or its path or URI."""
-    from .study import Stopper
-    from .study import resume as _resume
+    from .tune.study import Stopper
+    from .tune.study import resume as _resume
 
     with _ProcessGuard():
         env = _runtime_env(runtime_env)
@@ -190,8 +190,8 @@ def extend(study: str, *, storage: str = DEFAULT_STORAGE, address: Optional[str]
     """Grow a finished study (``adder-sweep extend``): more grid values, seeds, samples or iterations; only what
     is new runs. The plan (reused, continued, new) is printed and kept as ``result.extension``; with ``dry_run``,
     or when nothing is new, nothing runs and ``result.ran`` is False."""
-    from .extend import extend as _extend
-    from .study import Stopper
+    from .tune.extend import extend as _extend
+    from .tune.study import Stopper
 
     with _ProcessGuard():
         check_resources(max_concurrent, cpus_per_trial, gpus_per_trial)

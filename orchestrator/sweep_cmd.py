@@ -167,7 +167,7 @@ def finish(result, command: str, address: Optional[str]) -> int:
                   file=sys.stderr)
         if line:
             print(line)
-    from .tracking import describe_tracking
+    from .tune.tracking import describe_tracking
 
     for line in describe_tracking(result.tracking):
         print(line, file=sys.stderr if result.tracking["missed"] else sys.stdout)

@@ -118,7 +118,7 @@ def write_space(path, text):
 def run_study(space_path, storage, name, **kw):
     """Launch a study in-process on the session's Ray; returns the Outcome."""
     from orchestrator.spec.space import read_space_file
-    from orchestrator.study import launch
+    from orchestrator.tune.study import launch
 
     spec, text = read_space_file(space_path)
     return launch(spec, text, name=name, storage_root=str(storage), address=None, file_spec=spec, **kw)
@@ -127,7 +127,7 @@ def run_study(space_path, storage, name, **kw):
 def run_study_text(text, storage, name, **kw):
     """run_study for a search space held in a string (recorded as coming from NAME.yaml)."""
     from orchestrator.spec.space import parse_space
-    from orchestrator.study import launch
+    from orchestrator.tune.study import launch
 
     spec = parse_space(text, source=f"{name}.yaml")
     return launch(spec, text, name=name, storage_root=str(storage), address=None, file_spec=spec, **kw)

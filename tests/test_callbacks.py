@@ -1,10 +1,10 @@
-"""The driver's Tune callbacks (orchestrator/callbacks.py): the live study page from results in memory."""
+"""The driver's Tune callbacks (orchestrator/tune/callbacks.py): the live study page from results in memory."""
 import json
 import pickle
 from types import SimpleNamespace
 
-from orchestrator.callbacks import LivePage, wait_for_live_pages
-from orchestrator.state_copy import read_state_copy, state_is_complete
+from orchestrator.tune.callbacks import LivePage, wait_for_live_pages
+from orchestrator.tune.state_copy import read_state_copy, state_is_complete
 from orchestrator.studydir.storage import Storage
 from orchestrator.spec.space import parse_space
 
@@ -79,7 +79,7 @@ def test_pruning_follows_the_state_on_storage_not_the_driver(tmp_path):
     """Only trials the snapshot on storage records as finished lose checkpoints, and only all but the newest two
     (three for an errored trial: its registered checkpoint may be the second newest, and keeps one before it); a
     running trial's snapshot may name any of its checkpoints, so all stay."""
-    from orchestrator.callbacks import prune_finished_checkpoints
+    from orchestrator.tune.callbacks import prune_finished_checkpoints
     from orchestrator.studydir.storage import Storage
 
     study = _state(tmp_path, {"a": "TERMINATED", "b": "ERROR", "c": "RUNNING", "d": "TERMINATED"})
@@ -96,7 +96,7 @@ def test_pruning_follows_the_state_on_storage_not_the_driver(tmp_path):
 def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsys):
     """The callback: a trial the driver saw finish is pruned only once the snapshot on storage says so; storage
     trouble is one warning, not an exception into Tune."""
-    from orchestrator.callbacks import CheckpointPruner
+    from orchestrator.tune.callbacks import CheckpointPruner
 
     study = _state(tmp_path, {"a": "RUNNING"})
     pruner = CheckpointPruner("st", str(tmp_path), every_s=0, cost_share=0)  # every step, whatever a prune costs
@@ -127,8 +127,8 @@ def test_pruner_waits_for_the_snapshot_and_never_fails_the_study(tmp_path, capsy
 def test_the_state_copy_skips_an_unchanged_state_and_waits_by_its_cost(tmp_path):
     """At 10,000 trials the experiment state is tens of MB: a state Ray has not rewritten is not copied again, and
     a copy or prune that took a while waits COST_SHARE times as long before the next (<= 5% of the driver)."""
-    from orchestrator.callbacks import CheckpointPruner
-    from orchestrator.state_copy import keep_state_copy
+    from orchestrator.tune.callbacks import CheckpointPruner
+    from orchestrator.tune.state_copy import keep_state_copy
     from orchestrator.studydir.storage import Storage
 
     study = _state(tmp_path, {"a": "RUNNING"})

@@ -1,4 +1,4 @@
-"""Connecting to clusters and exit codes (orchestrator/cluster.py, orchestrator/study.py, sweep_cmd.finish), on
+"""Connecting to clusters and exit codes (orchestrator/cluster.py, orchestrator/tune/study.py, sweep_cmd.finish), on
 real Ray: clusters started with `ray start --head` as users start them, each with its own temp dir and token file."""
 import json
 import os
@@ -264,7 +264,7 @@ def test_a_trial_must_fit_on_one_node_not_on_the_cluster_totals():
     """check_fits decides from each alive node's resources as ray.nodes() lists them (the CPU case runs on a real
     two-node cluster above; GPU nodes cannot be started here)."""
     from orchestrator.spec.space import parse_space
-    from orchestrator.study import check_fits
+    from orchestrator.tune.study import check_fits
 
     def node(ip, cpu, gpu=0, alive=True):
         return {"NodeManagerAddress": ip, "NodeID": "f" * 56, "Alive": alive,
@@ -345,7 +345,7 @@ def test_fractional_gpus_run_eight_trials_at_once_on_two_logical_gpus(tmp_path):
 
 def test_the_probe_asks_for_a_compiler_only_where_the_fused_kernel_builds():
     from orchestrator.spec.space import parse_space
-    from orchestrator.study import needs_cuda, uses_fused_kernel
+    from orchestrator.tune.study import needs_cuda, uses_fused_kernel
 
     def spec(text):
         return parse_space(text + "\n", "k.yaml")

@@ -1,4 +1,4 @@
-"""Growing studies (orchestrator/extend.py, orchestrator/spec/plan.py) on real Ray: new grid values and seeds without
+"""Growing studies (orchestrator/tune/extend.py, orchestrator/spec/plan.py) on real Ray: new grid values and seeds without
 rerunning finished trials, a longer budget equal to a longer study from scratch, refusals, an interrupted extension
 finished by resume, and replicates that share their sampled values."""
 import json

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.stress_resume import SPACE, final_by_config, run_scenario
 from orchestrator.cli import main
-from orchestrator.state_copy import read_state_copy
+from orchestrator.tune.state_copy import read_state_copy
 from orchestrator.studydir.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
 from tests.conftest import run_cli, run_study, trial_processes, write_space

@@ -165,7 +165,7 @@ def test_resume_errors(ray_local, tmp_path, capsys):
 
 def test_gpu_resources_select_cuda_and_unschedulable_is_an_error(ray_local):
     from orchestrator.spec.space import parse_space
-    from orchestrator.study import check_fits, trial_resources
+    from orchestrator.tune.study import check_fits, trial_resources
     from orchestrator.errors import UserError
     from trainables.device import resolve_device
     from trainables.tune_adapter import trial_threads

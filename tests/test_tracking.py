@@ -1,4 +1,4 @@
-"""MLflow tracking (orchestrator/tracking.py) against a real MLflow server and real Ray, through the CLI: one run
+"""MLflow tracking (orchestrator/tune/tracking.py) against a real MLflow server and real Ray, through the CLI: one run
 per logical trial whose metric history equals metrics.parquet, kept by an interrupted study's resume and by
 extend (continued trials get only their new steps, new trials new runs); a server down at launch refused before
 anything is written; a server lost mid-study costs the copy, never the study. Plus the study-file key's checks.

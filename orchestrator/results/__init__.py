@@ -2,7 +2,7 @@
 
 The other half of ``orchestrator`` runs studies; this half reads what they wrote and writes only its own outputs
 (the tables, report.md, plots, report.html), and never imports Ray. The copy of Ray's experiment state that the
-driver keeps is the running side's (orchestrator/state_copy.py).
+driver keeps is the running side's (orchestrator/tune/state_copy.py).
 """
 
 # Choices of the report commands' flags, here so that building the CLI parser imports no pandas.

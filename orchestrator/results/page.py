@@ -14,7 +14,7 @@ What it shows, top to bottom:
    sweep / extend / resume with its command line, time, versions, code commit and the generation it ran.
 
 ``render`` builds the page from a Study (tables as pandas); ``write`` writes it atomically. The sweep driver
-rewrites it while trials run (orchestrator/callbacks.py: LivePage), from the results it holds in memory.
+rewrites it while trials run (orchestrator/tune/callbacks.py: LivePage), from the results it holds in memory.
 """
 from __future__ import annotations
 

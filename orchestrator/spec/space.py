@@ -38,7 +38,7 @@ PERTURBABLE = ("lr", "grad_clip")
 SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
               "resources", "max_concurrent", "checkpoint_every", "max_failures", "tracking", "space")
-TRACKERS = ("mlflow",)  # tracking: {mlflow: URI} (orchestrator/tracking.py)
+TRACKERS = ("mlflow",)  # tracking: {mlflow: URI} (orchestrator/tune/tracking.py)
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200, "batch_size": 32}
 SMOKE_GRID_POINTS = 4
 

@@ -30,7 +30,7 @@ from typing import Optional
 
 from ray.tune.callback import Callback
 
-from .errors import UserError
+from ..errors import UserError
 
 OFF = "off"  # --mlflow off: stop tracking a study that had a server
 # Per-report metrics that go to MLflow (plus exact_acc@L / digit_acc@L): what the loop measures, not Tune's
@@ -147,7 +147,7 @@ class MlflowTracker(Callback):
 
     def _logical(self, trial) -> str:
         """The trial's logical id, announcing the trial to the sender the first time it is seen."""
-        from .results.tables import continues_of, training_values
+        from ..results.tables import continues_of, training_values
 
         if trial.trial_id not in self._seen:
             logical = continues_of(trial.config).get("trial") or trial.trial_id
@@ -175,7 +175,7 @@ class MlflowTracker(Callback):
         self._send_to().put(("report", self._logical(trial), step, metrics, ms))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from .results.tables import trial_outcome
+        from ..results.tables import trial_outcome
 
         self._end(trial, trial_outcome("terminated", (trial.last_result or {}).get("status")))
 

@@ -5,7 +5,7 @@ storage_filesystem=...)``, ``tune.with_resources``, ``Tuner.restore``) and recor
 directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runtime_env) and ``space.yaml``.
 
 Order of a launch, so that a refused launch leaves nothing behind: validate, probe the tracking server if any
-(orchestrator.tracking), connect (orchestrator.cluster), check the trials fit, probe every node, claim the study name
+(orchestrator.tune.tracking), connect (orchestrator.cluster), check the trials fit, probe every node, claim the study name
 (orchestrator.studydir.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
 CLI can exit non-zero when any errored.
 """
@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .studydir.claim import Claim, claim_existing_study, claim_new_study
-from .cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
-from .errors import UserError
-from .studydir.records import code_version, command_line, now_iso, package_versions
-from .spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
-from .studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
+from ..studydir.claim import Claim, claim_existing_study, claim_new_study
+from ..cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
+from ..errors import UserError
+from ..studydir.records import code_version, command_line, now_iso, package_versions
+from ..spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
+from ..studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Outcome:
     errors: list[TrialError] = field(default_factory=list)
     stop_reason: Optional[str] = None  # None, "sigint", "sigterm" or "taken_over"
     taken_by: Optional[dict] = None
-    tracking: Optional[dict] = None  # what reached the MLflow server (orchestrator.tracking.finish_trackers)
+    tracking: Optional[dict] = None  # what reached the MLflow server (orchestrator.tune.tracking.finish_trackers)
 
 
 class Stopper:
@@ -186,10 +186,10 @@ def tune_points(planned) -> list[dict]:
 
 
 def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: int = 0) -> list:
-    """The driver's Tune callbacks (orchestrator/callbacks.py): complete HParams records in TensorBoard, the
+    """The driver's Tune callbacks (orchestrator/tune/callbacks.py): complete HParams records in TensorBoard, the
     study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
     recipient's restore, so all are kept -- the pruning of finished trials' older checkpoints; and the MLflow
-    tracker of a tracked study (orchestrator/tracking.py)."""
+    tracker of a tracked study (orchestrator/tune/tracking.py)."""
     from .callbacks import CheckpointPruner, FinishedTrialTrimmer, HParamsLogger, LivePage, NoProgressCsv, hparam_keys
     from .tracking import tracker_for
 
@@ -221,7 +221,7 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
 
     from trainables.config import TrainConfig
 
-    from .spec.plan import plan, seeds
+    from ..spec.plan import plan, seeds
 
     from .callbacks import StudyReporter, live_columns
 
@@ -232,7 +232,7 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
         stop=spec.stop or None, failure_config=FailureConfig(max_failures=spec.max_failures),
         # Ray deletes nothing: its num_to_keep deletes checkpoints that the experiment state on storage may still
         # name (a driver lost before its next snapshot landed could not resume them); CheckpointPruner prunes
-        # finished trials instead (orchestrator/callbacks.py).
+        # finished trials instead (orchestrator/tune/callbacks.py).
         checkpoint_config=CheckpointConfig(num_to_keep=None),
         progress_reporter=reporter, verbose=1,
         callbacks=trial_callbacks(spec, name, storage, int(gen_path.split("-")[-1]) if gen_path else 0))
@@ -393,9 +393,9 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
       restore. A trial whose worker died while a checkpoint was being saved leaves a STOP, and the restored trial
       was then stopped -- and recorded as finished -- at its first checkpoint, with exit code 0. They were about the
       previous driver's actors, all gone: clear them."""
-    from .results.tables import experiment_state_path
+    from ..results.tables import experiment_state_path
     from .state_copy import read_state_copy, state_is_complete
-    from .studydir.storage import generation_parts
+    from ..studydir.storage import generation_parts
 
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
@@ -438,7 +438,7 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
 
 def _check_trial_folders(storage: Storage, name: str) -> None:
     """An unfinished trial whose folder is gone cannot continue; say which, before Ray fails obscurely."""
-    from .results.tables import load_trials
+    from ..results.tables import load_trials
 
     for t in load_trials(storage, name):
         if t["state"] != "terminated" and t["dir"] and not storage.exists(storage.join(name, t["dir"])):
@@ -448,7 +448,7 @@ def _check_trial_folders(storage: Storage, name: str) -> None:
 
 
 def _check_space_unchanged(record: dict, space_file: Optional[str]) -> None:
-    from .spec.space import read_space_file
+    from ..spec.space import read_space_file
 
     name = record["name"]
     candidates = [space_file] if space_file else []
@@ -504,7 +504,7 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
 
 
 def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
-    from .results.tables import load_trials
+    from ..results.tables import load_trials
 
     try:
         return load_trials(storage, name)
@@ -514,7 +514,7 @@ def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
 
 
 def _trial_error(storage: Storage, name: str, trial: dict) -> TrialError:
-    from .results.tables import error_line
+    from ..results.tables import error_line
 
     path = None
     message = "the trial ended in error (Ray recorded no error file)"
@@ -534,7 +534,7 @@ def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") 
     the driver's in-memory trials know better. Record which trials errored against that snapshot's file name.
     Only errors: after Ctrl-C the in-memory trials read TERMINATED while the snapshot rightly keeps them
     unfinished for resume."""
-    from .results.tables import FINAL_STATES, experiment_state_path
+    from ..results.tables import FINAL_STATES, experiment_state_path
 
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     state_path = experiment_state_path(storage, name, gen_path)
@@ -548,6 +548,6 @@ def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") 
 
 def trial_states(storage: Storage, name: str) -> dict[str, str]:
     """trial id -> Ray state (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) from the experiment state file."""
-    from .results.tables import load_trials
+    from ..results.tables import load_trials
 
     return {t["trial_id"]: t["ray_status"] for t in load_trials(storage, name)}

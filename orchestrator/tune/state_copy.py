@@ -2,8 +2,8 @@
 system (local or shared disk).
 
 Ray writes its experiment state there in place, so a driver killed mid-write leaves it cut off (objects in S3/GCS
-are replaced whole, so no copy is kept there). `resume` puts the copy back (orchestrator/study.py ``_mend_state``);
-checkpoint pruning decides from the copy only (orchestrator/callbacks.py). This is the running side's: the results
+are replaced whole, so no copy is kept there). `resume` puts the copy back (orchestrator/tune/study.py ``_mend_state``);
+checkpoint pruning decides from the copy only (orchestrator/tune/callbacks.py). This is the running side's: the results
 package only reads what studies wrote.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import re
 import time
 from typing import Optional
 
-from .results.tables import experiment_state_path
-from .studydir.storage import Storage, generation_parts
+from ..results.tables import experiment_state_path
+from ..studydir.storage import Storage, generation_parts
 
 STATE_COPY = "adder_state_copy.json"
 # Ray's experiment state (Ray 2.52-2.60) ends with its "stats" object: a file cut off mid-write ends elsewhere
@@ -59,7 +59,7 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
     None, the state file's (name, size, mtime) that was copied). ``unchanged``: that signature from the previous
     call -- a state Ray has not rewritten since is not read and written again. None bytes: object storage, no
     state yet, unchanged, or caught mid-write (the previous copy stays)."""
-    from .studydir.records import write_atomic
+    from ..studydir.records import write_atomic
 
     if not storage.is_local:
         return None, None

@@ -21,10 +21,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import UserError
-from .spec.plan import PlannedTrial, config_id, identity_keys, plan
-from .spec.space import Dist, StudySpec, respec
-from .studydir.storage import Storage, read_record, study_location, write_record
+from ..errors import UserError
+from ..spec.plan import PlannedTrial, config_id, identity_keys, plan
+from ..spec.space import Dist, StudySpec, respec
+from ..studydir.storage import Storage, read_record, study_location, write_record
 
 NEW_STUDY = "start a new study instead (`adder-sweep sweep FILE --set KEY=VALUE`)"
 
@@ -130,7 +130,7 @@ def _last_checkpoint(storage: Storage, name: str, trial_dir: str) -> Optional[st
 
 def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) -> ExtensionPlan:
     """Match the new study's trials against the ones that ran: reused, continued, new."""
-    from .results.tables import dedupe_reports, load_reports, load_trials, logical_trials
+    from ..results.tables import dedupe_reports, load_reports, load_trials, logical_trials
 
     trials = load_trials(storage, name)
     chains = logical_trials(trials)
@@ -180,7 +180,7 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
 
 def _optuna_replicates(chains, new: StudySpec, keys) -> list[PlannedTrial]:
     """An Optuna study's plan for an extension: the configurations Optuna sampled, with every seed of ``new``."""
-    from .spec.plan import seeds
+    from ..spec.plan import seeds
 
     out, seen = [], set()
     for chain in chains:
@@ -215,8 +215,8 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     """Check, plan and run an extension; returns (Outcome, its ExtensionPlan), the Outcome None when there is
     nothing to run (or a dry run).
     Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
-    from .studydir.claim import claim_existing_study
-    from .studydir.records import now_iso
+    from ..studydir.claim import claim_existing_study
+    from ..studydir.records import now_iso
     from .study import _connect_and_probe, _fit, build_tuner, run_entry
 
     storage, name = study_location(name_or_path, storage_root)
@@ -226,7 +226,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
         raise UserError(f"study {name!r} uses PBT, whose trials copy each other's weights while the study runs; a "
                         f"PBT study cannot grow -- {NEW_STUDY}")
     if space_file is not None:  # the study file as the user edited it (more grid values, say)
-        from .spec.space import read_space_file
+        from ..spec.space import read_space_file
 
         base, _ = read_space_file(space_file, overrides)
         new = respec(base, base.source, num_samples=num_samples, repeats=repeats)
@@ -274,7 +274,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
             write_record(storage, name, record)
             return _fit(tuner, storage, name, claim, stopper, gen_path), ext
         finally:
-            from .cluster import disconnect
+            from ..cluster import disconnect
 
             disconnect(conn)
     finally:

@@ -58,7 +58,7 @@ class StudyReporter(CLIReporter):
 def live_columns(spec) -> tuple[list[str], list[str]]:
     """The live table's (parameter, metric) columns: the study's swept keys, the seed when it has replicates,
     and the iteration, the loss and the study's metric."""
-    from .spec.plan import seeds
+    from ..spec.plan import seeds
 
     params = [k for k in spec.swept_keys() if k != "seed"]
     if "seed" in spec.swept_keys() or len(seeds(spec)) > 1 or not params:
@@ -74,7 +74,7 @@ class HParamsLogger(TBXLoggerCallback):
 
     def hparams_of(self, trial) -> dict:
         """The trial's hyperparameters: the study's swept keys and its seed, as TensorBoard's types."""
-        from .results.tables import training_values
+        from ..results.tables import training_values
 
         config = training_values(trial.config)
         out = {}
@@ -178,7 +178,7 @@ class LivePage(Callback):
         self.__dict__.update({"_cost": 0.0, **state})
 
     def _entry(self, trial) -> dict:
-        from .results.tables import training_values
+        from ..results.tables import training_values
 
         e = self.trials.setdefault(trial.trial_id, {"reports": [], "state": "pending"})
         e["config"] = training_values(trial.config)
@@ -257,7 +257,7 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
     what `resume` puts back if Ray's file was cut off), refreshed first."""
     from pyarrow.fs import FileSelector, FileType
 
-    from .results.tables import snapshot_trials
+    from ..results.tables import snapshot_trials
     from .state_copy import keep_state_copy
 
     text = None
@@ -335,7 +335,7 @@ class CheckpointPruner(Callback):
         """Refresh adder-sweep's copy of the experiment state (file-system storage only), so a state cut off by
         a lost driver costs `resume` seconds of progress, not the study."""
         from .state_copy import keep_state_copy
-        from .studydir.storage import Storage
+        from ..studydir.storage import Storage
 
         start = self._copied = time.monotonic()
         try:
@@ -350,7 +350,7 @@ class CheckpointPruner(Callback):
         self._prune(None)  # every finished trial, also those a run before this one finished
 
     def _prune(self, only: set[str] | None) -> None:
-        from .studydir.storage import Storage
+        from ..studydir.storage import Storage
 
         start = self._last = time.monotonic()
         try:
@@ -384,11 +384,11 @@ def write_live_page(name: str, storage_root: str, spec_json: dict, generation: i
                     every_s: float) -> str:
     """The page of the trials the driver holds in memory (this generation's), built with the same table code as
     from storage, written atomically beside the study's tables."""
-    from .results.page import write
-    from .results.report import Study
-    from .results.tables import identity_function, tables_from
-    from .spec.space import StudySpec
-    from .studydir.storage import Storage, read_record
+    from ..results.page import write
+    from ..results.report import Study
+    from ..results.tables import identity_function, tables_from
+    from ..spec.space import StudySpec
+    from ..studydir.storage import Storage, read_record
 
     storage = Storage.open(storage_root)
     spec = StudySpec.from_json(spec_json)
