@@ -271,7 +271,7 @@ def _read_space(space: SpaceLike, overrides: tuple[str, ...]):
 
 
 def _runtime_env(value):
-    from .cluster import load_runtime_env
+    from .cluster.connect import load_runtime_env
 
     if value is None or isinstance(value, dict):
         return None if value is None else dict(value)

@@ -240,7 +240,7 @@ def test_token_path_without_a_token_is_one_line_before_ray_starts(tmp_path, toke
     import subprocess
     import sys
 
-    from orchestrator.cluster import _check_token_file
+    from orchestrator.cluster.connect import _check_token_file
 
     path = tmp_path / "token"
     if token == "empty":

@@ -1,4 +1,4 @@
-"""Connecting to clusters and exit codes (orchestrator/cluster.py, orchestrator/tune/study.py, sweep_cmd.finish), on
+"""Connecting to clusters and exit codes (orchestrator/cluster/connect.py, orchestrator/tune/study.py, sweep_cmd.finish), on
 real Ray: clusters started with `ray start --head` as users start them, each with its own temp dir and token file."""
 import json
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.cluster import load_runtime_env, resolve_address, trial_runtime_env
+from orchestrator.cluster.connect import load_runtime_env, resolve_address, trial_runtime_env
 from orchestrator.errors import UserError
 from orchestrator.results.tables import error_line
 from tests.conftest import ROOT, write_space
@@ -85,7 +85,7 @@ def test_error_line_is_the_exception_not_rays_header():
 def test_probe_explains_a_node_listed_alive_that_takes_no_tasks():
     """Seen in the two-host test: a probe right after a host's Ray was SIGKILLed, while the GCS still listed the
     node alive. Ray's own words were 'The task is not schedulable: ... soft=False was specified'."""
-    from orchestrator.cluster import _cause
+    from orchestrator.cluster.connect import _cause
 
     exc = RuntimeError("The task is not schedulable: The node specified via NodeAffinitySchedulingStrategy doesn't "
                        "exist any more or is infeasible, and soft=False was specified. lease_id=02, name=node_check")

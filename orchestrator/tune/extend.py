@@ -274,7 +274,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
             write_record(storage, name, record)
             return _fit(tuner, storage, name, claim, stopper, gen_path), ext
         finally:
-            from ..cluster import disconnect
+            from ..cluster.connect import disconnect
 
             disconnect(conn)
     finally:

@@ -5,7 +5,7 @@ storage_filesystem=...)``, ``tune.with_resources``, ``Tuner.restore``) and recor
 directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runtime_env) and ``space.yaml``.
 
 Order of a launch, so that a refused launch leaves nothing behind: validate, probe the tracking server if any
-(orchestrator.tune.tracking), connect (orchestrator.cluster), check the trials fit, probe every node, claim the study name
+(orchestrator.tune.tracking), connect (orchestrator.cluster.connect), check the trials fit, probe every node, claim the study name
 (orchestrator.studydir.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
 CLI can exit non-zero when any errored.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..studydir.claim import Claim, claim_existing_study, claim_new_study
-from ..cluster import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
+from ..cluster.connect import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from ..errors import UserError
 from ..studydir.records import code_version, command_line, now_iso, package_versions
 from ..spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name

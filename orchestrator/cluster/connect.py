@@ -27,8 +27,8 @@ from typing import Optional
 
 from trainables.errors import first_line
 
-from .errors import UserError
-from .studydir.storage import Storage
+from ..errors import UserError
+from ..studydir.storage import Storage
 
 PROBE_TIMEOUT_S = float(os.environ.get("ADDER_SWEEP_PROBE_TIMEOUT_S", "120"))
 CONNECT_TIMEOUT_S = 10.0
