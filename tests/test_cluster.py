@@ -1,4 +1,4 @@
-"""Connecting to clusters and exit codes (orchestrator/cluster/connect.py, orchestrator/tune/study.py, sweep_cmd.finish), on
+"""Connecting to clusters and exit codes (orchestrator/cluster/connect.py, orchestrator/tune/study.py, orchestrator/cli/sweep.py finish), on
 real Ray: clusters started with `ray start --head` as users start them, each with its own temp dir and token file."""
 import json
 import os

@@ -7,7 +7,7 @@ URI}`` in a study file, or ``--mlflow URI``).
   thread turns them into MLflow calls with short timeouts and no client-side retries, and keeps what it could not
   send to try again later -- so a slow or dead server never holds up Tune's loop, and a short outage loses nothing.
 * ``finish_trackers``: at the end of a command, gives the thread a bounded time to send the rest and says what
-  never reached the server, for ``sweep_cmd.finish`` to report. Tracking is a copy: the study folder stays the
+  never reached the server, for ``orchestrator.cli.sweep.finish`` to report. Tracking is a copy: the study folder stays the
   record, and lost tracking does not change a command's exit code.
 
 Ray's ``MLflowLoggerCallback`` does not fit: it steps by ``training_iteration`` (not the report's ``iter``),

@@ -5,10 +5,10 @@ import argparse
 import sys
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    from . import sweep_cmd, train_cmd
-    from .results import report_cmd
+    from . import report as report_cmd
+    from . import sweep as sweep_cmd
+    from . import train as train_cmd
 
     parser = argparse.ArgumentParser(prog="adder-sweep", description="Hyperparameter sweeps of an RNN adder on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

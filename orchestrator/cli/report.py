@@ -15,7 +15,7 @@ from ..studydir.storage import DEFAULT_STORAGE
 
 
 def register(sub) -> None:
-    from . import AGGS, FORMATS
+    from ..results import AGGS, FORMATS
 
     r = sub.add_parser("report", help="summary, pivot table and plots of a study; writes report.md, plots/ and "
                                       "the Parquet tables in the study directory")
@@ -59,7 +59,7 @@ def _pivot_flags(p: argparse.ArgumentParser, aggs) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import load_study, make_pivot, render_report, split_keys, summarize
+    from ..results.report import load_study, make_pivot, render_report, split_keys, summarize
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be >= 1")
@@ -68,12 +68,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     pivot = make_pivot(study, split_keys(args.by), args.value, args.agg)
     plots: list[str] = []
     if not args.no_plots:
-        from .plots import write_plots
+        from ..results.plots import write_plots
 
         plots = write_plots(study, color_by=args.color_by, heatmap=split_keys(args.heatmap), value=args.value,
                             agg=args.agg or ("mean" if study.has_replicates else "median"))
     study.storage.write_text(study.storage.join(study.name, "report.md"), render_report(summary, pivot, "md", plots))
-    from .page import PAGE, write
+    from ..results.page import PAGE, write
 
     write(study, color_by=args.color_by, pivot=pivot, summary=summary)
     sys.stdout.write(render_report(summary, pivot, args.format))
@@ -84,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare, load_study, render_compare, split_keys
+    from ..results.report import compare, load_study, render_compare, split_keys
 
     a = load_study(args.a, args.storage)
     b = load_study(args.b, args.storage)

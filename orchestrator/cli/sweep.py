@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import Optional
 
-from .errors import UserError
-from .studydir.storage import DEFAULT_STORAGE
+from ..errors import UserError
+from ..studydir.storage import DEFAULT_STORAGE
 
 # Exit codes of the commands that run trials (README "Exit codes").
 EXIT_OK, EXIT_TRIALS_ERRORED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
@@ -95,8 +95,8 @@ def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .api import with_repeats
-    from .spec.space import describe, read_space_file
+    from ..api import with_repeats
+    from ..spec.space import describe, read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
     spec = with_repeats(spec, args.repeats)
@@ -105,7 +105,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .api import sweep
+    from ..api import sweep
 
     result = sweep(args.file, name=args.name, storage=args.storage, address=args.address,
                    overrides=tuple(args.overrides), repeats=args.repeats, smoke=args.smoke,
@@ -116,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .api import resume
+    from ..api import resume
 
     result = resume(args.study, storage=args.storage, address=args.address, space_file=args.space_file,
                     runtime_env=args.runtime_env, force=args.force, mlflow=args.mlflow)
@@ -124,7 +124,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from .api import extend
+    from ..api import extend
 
     result = extend(args.study, storage=args.storage, address=args.address, overrides=tuple(args.overrides),
                     space_file=args.space_file, num_samples=args.num_samples, repeats=args.repeats,
@@ -142,9 +142,9 @@ def finish(result, command: str, address: Optional[str]) -> int:
     """The summary and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if any
     ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
     MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
-    from .spec.space import StudySpec
+    from ..spec.space import StudySpec
     from .status import print_study_summary
-    from .studydir.storage import Storage, read_record
+    from ..studydir.storage import Storage, read_record
 
     if not result.started:  # Ctrl-C or SIGTERM before any trial started: nothing to resume
         print("adder-sweep: stopped before any trial ran", file=sys.stderr)
@@ -157,7 +157,7 @@ def finish(result, command: str, address: Optional[str]) -> int:
     except UserError as exc:
         print(f"adder-sweep: {exc}", file=sys.stderr)
     if study is not None:
-        from .results.report import best_configuration_line
+        from ..results.report import best_configuration_line
 
         try:  # like the page: a summary line that cannot be computed is a warning, never a failed run
             line = best_configuration_line(study)
@@ -167,14 +167,14 @@ def finish(result, command: str, address: Optional[str]) -> int:
                   file=sys.stderr)
         if line:
             print(line)
-    from .tune.tracking import describe_tracking
+    from ..tune.tracking import describe_tracking
 
     for line in describe_tracking(result.tracking):
         print(line, file=sys.stderr if result.tracking["missed"] else sys.stdout)
     where = storage.flag()
     addr = f" --address {address}" if address else ""
     if result.stop_reason == "taken_over":
-        from .studydir.claim import describe
+        from ..studydir.claim import describe
 
         print(f"adder-sweep {command}: error: study {result.name} was taken over by another driver "
               f"({describe(result.taken_by or {})}); this one stopped its trials and leaves the study to it",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from trainables.config import ConfigError, TrainConfig, field_specs
 
-from .errors import UserError
-from .studydir.records import (check_writable_dir, command_line, now_iso, package_versions, timestamp, write_json,
+from ..errors import UserError
+from ..studydir.records import (check_writable_dir, command_line, now_iso, package_versions, timestamp, write_json,
                       write_parquet_atomic)
 
 # The assignment's flag names, kept working beside the config field names.

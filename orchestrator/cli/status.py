@@ -5,17 +5,17 @@ import json
 import math
 from typing import Optional
 
-from .errors import UserError
-from .spec.space import StudySpec
-from .studydir.storage import STUDY_RECORD, Storage
-from .results.tables import load_trials
+from ..errors import UserError
+from ..spec.space import StudySpec
+from ..studydir.storage import STUDY_RECORD, Storage
+from ..results.tables import load_trials
 
 STATE_ORDER = ("pending", "running", "terminated", "errored")
 
 
 def driver_note(storage: Storage, name: str) -> str | None:
     """Who runs the study now, from its claim: None if nobody (or a driver of this host that is gone)."""
-    from .studydir.claim import holder_alive_here, on_this_host, read_claim
+    from ..studydir.claim import holder_alive_here, on_this_host, read_claim
 
     info = read_claim(storage, name)
     if info is None or (on_this_host(info) and not holder_alive_here(info)):
@@ -33,7 +33,7 @@ def best_key(value: float, mode: str, iters_to_solve) -> tuple:
 
 
 def study_summary(storage: Storage, name: str) -> dict:
-    from .results.tables import logical_trials
+    from ..results.tables import logical_trials
 
     record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
     spec = record["spec"]
@@ -104,7 +104,7 @@ def print_study_summary(storage: Storage, name: str, study=None) -> None:
 def best_trial_line(study) -> Optional[str]:
     """The best trial in one line, by the report's ranking rule (its metric; iters_to_solve when all solved;
     best_loss when all tie), with its swept keys and seed."""
-    from .results.report import fmt, rank_trials
+    from ..results.report import fmt, rank_trials
 
     ranked, value, why = rank_trials(study)
     if ranked.empty:
@@ -121,7 +121,7 @@ def best_trial_line(study) -> Optional[str]:
 def print_status(storage_root: str, name: Optional[str]) -> int:
     storage = Storage.open(storage_root)
     if name is not None:
-        from .studydir.storage import read_record, study_location
+        from ..studydir.storage import read_record, study_location
 
         storage, name = study_location(name, storage_root)
         read_record(storage, name)
