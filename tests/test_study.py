@@ -9,6 +9,7 @@ import time
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.spec.plan import num_trials
 from orchestrator.spec.space import read_space_file
 from orchestrator.studydir.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
@@ -186,7 +187,7 @@ def test_shipped_file_runs_in_smoke_mode(ray_local, tmp_path, path, capsys):
     cpu_only = ["--gpus-per-trial", "0"] if spec.resources["gpu"] else []
     assert main(["sweep", str(path), "--smoke", "--storage", str(tmp_path), "--name", "smoke", *cpu_only]) == 0
     trials = load_trials(Storage.open(tmp_path), "smoke")
-    assert len(trials) == spec.smoke().num_trials() and all(t["state"] == "terminated" for t in trials)
+    assert len(trials) == num_trials(spec.smoke()) and all(t["state"] == "terminated" for t in trials)
     assert all(load_reports(Storage.open(tmp_path), "smoke", t["dir"])[-1]["iter"] <= 40 for t in trials)
 
 
@@ -200,7 +201,7 @@ def test_smoke_keeps_grid_extremes_and_shrinks_the_budget():
     assert spec.space["digits"].args == [10, 100] and spec.space["cell"].args == ["rnn", "gru"]
     assert spec.space["mode"].args == ["seed"] and spec.space["seed"].args == [0]  # at most 4 points
     # no random key: the 2 samples of a grid point are the same configuration with the same seed, run once
-    assert spec.space["iters"] == 40 and spec.num_samples == 2 and spec.num_trials() == 4
+    assert spec.space["iters"] == 40 and spec.num_samples == 2 and num_trials(spec) == 4
     assert spec.scheduler == {"type": "asha", "max_t": 40, "grace_period": 20}
 
 

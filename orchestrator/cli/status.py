@@ -6,6 +6,7 @@ import math
 from typing import Optional
 
 from ..errors import UserError
+from ..spec.plan import num_trials
 from ..spec.space import StudySpec
 from ..studydir.storage import STUDY_RECORD, Storage
 from ..results.tables import load_trials
@@ -58,7 +59,7 @@ def study_summary(storage: Storage, name: str) -> dict:
     driver = driver_note(storage, name)
     alive = driver is not None
     study_spec = StudySpec.from_json(spec)
-    planned = study_spec.num_trials()
+    planned = num_trials(study_spec)
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(chains) < planned)
     tied = sum(1 for r in ranked if r[1] == best)

@@ -96,7 +96,8 @@ def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..api import with_repeats
-    from ..spec.space import describe, read_space_file
+    from ..spec.describe import describe
+    from ..spec.space import read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
     spec = with_repeats(spec, args.repeats)

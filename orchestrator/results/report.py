@@ -15,6 +15,7 @@ import pandas as pd
 from trainables.config import did_you_mean
 
 from ..errors import UserError
+from ..spec.plan import num_trials
 from ..spec.space import Dist, StudySpec
 from ..studydir.storage import DEFAULT_STORAGE, Storage
 
@@ -311,7 +312,7 @@ def summarize(study: Study, top: int = 5) -> dict:
                                 metric: [e.text() for e in c["estimate"]], "N": c["n"],
                                 "solved": [f"{x:.0%}" for x in c["solved_fraction"]]}).head(top)
     return {
-        "study": study.name, "path": study.path, "trials": len(t), "planned": spec.num_trials(),
+        "study": study.name, "path": study.path, "trials": len(t), "planned": num_trials(spec),
         "states": {k: int(v) for k, v in t["state"].value_counts().items()},
         "outcomes": {k: int(v) for k, v in t["outcome"].value_counts().items()},
         "wall_s": wall, "core_s": wall * spec.resources["cpu"], "gpu_s": wall * spec.resources["gpu"],
