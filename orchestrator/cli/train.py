@@ -162,68 +162,14 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
     from trainables.loop import train
 
     overrides = config_overrides(args)
-    resume_state = None
     if args.resume is not None:
-        if args.out is not None:
-            raise UserError("--resume and --out conflict: a resumed run continues in its own directory")
-        run_dir = args.resume
-        if not (run_dir / "run.json").is_file():
-            raise UserError(f"--resume {run_dir}: not a run directory (no run.json); start a new run instead")
-        resume_state = load_checkpoint(run_dir)
-        extra = set(overrides) - {"iters"} - ({"device"} if overrides.get("device") == "cpu" else set())
-        if extra:
-            raise UserError(f"--resume keeps the run's config; only --iters may change, and --device cpu moves a "
-                            f"GPU run to the CPU (got {', '.join(sorted(extra))})")
-        model_from_checkpoint(resume_state, run_dir / CHECKPOINT_FILE)  # config and weights must fit, or exit 2
-        cfg = TrainConfig.from_flat({**resume_state["config"], **overrides}, source="flags")
-        from trainables.device import resume_device
-        from trainables.errors import DeviceError
-
-        try:
-            _, note = resume_device(resume_state, cfg.run.device)
-        except DeviceError as exc:
-            raise UserError(f"--resume {run_dir}: {exc}") from None
-        if note:
-            print(f"adder-sweep train: {note}", file=sys.stderr)
-        try:
-            record = json.loads((run_dir / "run.json").read_text())
-        except (ValueError, OSError) as exc:
-            raise UserError(f"{run_dir / 'run.json'}: unreadable ({exc}); the run record is damaged") from None
-        record.setdefault("resumed", []).append({"command": command_line(), "at": now_iso(),
-                                                 "from_iter": resume_state["iter"]})
-        rows = [r for r in read_metrics(run_dir / "metrics.parquet") if r["iter"] <= resume_state["iter"]]
+        run_dir, cfg, record, rows, resume_state = _resumed_run(args, overrides)
     else:
-        cfg = TrainConfig.from_flat({**TRAIN_DEFAULTS, **overrides}, source="flags")
-        run_dir = args.out or _default_run_dir(cfg)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise UserError(f"--out {run_dir}: already exists and is not empty; pick a new directory "
-                            f"or continue it with --resume {run_dir}")
-        check_writable_dir(run_dir, "--out")
-        from trainables import fused
-        from trainables.device import resolve_device
-        from trainables.errors import DeviceError
-
-        try:
-            device = resolve_device(cfg.run.device)
-        except DeviceError as exc:
-            raise UserError(f"--device {cfg.run.device}: {exc}") from None
-        if fused.used_for(cfg.model.kernel, cfg.model.cell, device):
-            try:
-                fused.extension()  # build it before the run directory exists: no half-written run on failure
-            except fused.FusedKernelError as exc:
-                raise UserError(str(exc)) from None
-        record = {"config": cfg.to_flat(), "seed": cfg.run.seed, "command": command_line(), "started": now_iso(),
-                  "versions": package_versions()}
-        rows = []
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--out {run_dir}: cannot create ({exc.strerror})") from None
-
+        run_dir, cfg, record = _new_run(args, overrides)
+        rows, resume_state = [], None
     write_json(run_dir / "run.json", record)
     writer = RunWriter(run_dir, cfg, rows, resume_state["iter"] if resume_state else 0)
     progress = Progress(cfg.run.iters, enabled=not args.quiet)
@@ -252,6 +198,70 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"digit_acc={f.get('digit_acc', float('nan')):.4f} loss={f.get('loss', float('nan')):.4g} "
           f"({summary['wall_s']:.1f}s) -> {run_dir}")
     return 0
+
+
+def _resumed_run(args: argparse.Namespace, overrides: dict):
+    """``--resume DIR``: (run dir, config, record, metrics rows so far, checkpoint state), every check first."""
+    from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
+    from trainables.device import resume_device
+    from trainables.errors import DeviceError
+
+    if args.out is not None:
+        raise UserError("--resume and --out conflict: a resumed run continues in its own directory")
+    run_dir = args.resume
+    if not (run_dir / "run.json").is_file():
+        raise UserError(f"--resume {run_dir}: not a run directory (no run.json); start a new run instead")
+    resume_state = load_checkpoint(run_dir)
+    extra = set(overrides) - {"iters"} - ({"device"} if overrides.get("device") == "cpu" else set())
+    if extra:
+        raise UserError(f"--resume keeps the run's config; only --iters may change, and --device cpu moves a "
+                        f"GPU run to the CPU (got {', '.join(sorted(extra))})")
+    model_from_checkpoint(resume_state, run_dir / CHECKPOINT_FILE)  # config and weights must fit, or exit 2
+    cfg = TrainConfig.from_flat({**resume_state["config"], **overrides}, source="flags")
+    try:
+        _, note = resume_device(resume_state, cfg.run.device)
+    except DeviceError as exc:
+        raise UserError(f"--resume {run_dir}: {exc}") from None
+    if note:
+        print(f"adder-sweep train: {note}", file=sys.stderr)
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{run_dir / 'run.json'}: unreadable ({exc}); the run record is damaged") from None
+    record.setdefault("resumed", []).append({"command": command_line(), "at": now_iso(),
+                                             "from_iter": resume_state["iter"]})
+    rows = [r for r in read_metrics(run_dir / "metrics.parquet") if r["iter"] <= resume_state["iter"]]
+    return run_dir, cfg, record, rows, resume_state
+
+
+def _new_run(args: argparse.Namespace, overrides: dict):
+    """A new run: (its directory, made only after every check passed; the config; the record)."""
+    from trainables import fused
+    from trainables.device import resolve_device
+    from trainables.errors import DeviceError
+
+    cfg = TrainConfig.from_flat({**TRAIN_DEFAULTS, **overrides}, source="flags")
+    run_dir = args.out or _default_run_dir(cfg)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UserError(f"--out {run_dir}: already exists and is not empty; pick a new directory "
+                        f"or continue it with --resume {run_dir}")
+    check_writable_dir(run_dir, "--out")
+    try:
+        device = resolve_device(cfg.run.device)
+    except DeviceError as exc:
+        raise UserError(f"--device {cfg.run.device}: {exc}") from None
+    if fused.used_for(cfg.model.kernel, cfg.model.cell, device):
+        try:
+            fused.extension()  # build it before the run directory exists: no half-written run on failure
+        except fused.FusedKernelError as exc:
+            raise UserError(str(exc)) from None
+    record = {"config": cfg.to_flat(), "seed": cfg.run.seed, "command": command_line(), "started": now_iso(),
+              "versions": package_versions()}
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {run_dir}: cannot create ({exc.strerror})") from None
+    return run_dir, cfg, record
 
 
 def _parse_operand(text: str, name: str) -> int:

@@ -219,13 +219,80 @@ def respec(spec: StudySpec, source: str, overrides: tuple[str, ...] = (), **stud
     return _validate(raw, source, spec.name)
 
 
+class _Problems:
+    """The problems of one file, gathered so that they are all reported at once (SpaceError), and the reading of
+    a scalar study key against them."""
+
+    def __init__(self, raw: dict):
+        self.raw, self.found = raw, []
+
+    def bad(self, key: str, msg: str) -> None:
+        self.found.append((key, msg))
+
+    def get(self, key, tp, default, check=None):
+        if key not in self.raw or self.raw[key] is None:
+            return default
+        v = self.raw[key]
+        try:
+            v = coerce(v, tp) if tp in (int, float, str, bool) else v
+        except TypeError as exc:
+            self.bad(key, str(exc))
+            return default
+        if check:
+            msg = check(v)
+            if msg:
+                self.bad(key, msg)
+                return default
+        return v
+
+    def dedupe(self) -> None:
+        seen = set()
+        self.found[:] = [p for p in self.found if not (p in seen or seen.add(p))]
+
+
+def _at_least(lo: int, extra: str = ""):
+    return lambda v: None if v >= lo else f"must be >= {lo}{extra}, got {v}"
+
+
 def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
-    problems: list[tuple[str, str]] = []
+    """A file's mapping as a StudySpec, or SpaceError naming every problem: each study key has its rule below."""
+    p = _Problems(raw)
     specs = field_specs()
+    _check_study_keys(raw, specs, p.bad)
+    name = p.get("name", str, default_name, lambda v: None if _valid_name(v) else
+                 f"{v!r} is not a valid study name (letters, digits, '-', '_', '.'; no '/' or '..')")
+    metric = p.get("metric", str, "exact_acc", lambda v: None if v in METRICS else
+                   f"unknown metric {v!r}{did_you_mean(v, METRICS)}; choose one of {', '.join(METRICS)}")
+    keys = dict(
+        name=name, description=p.get("description", str, ""), metric=metric,
+        mode=p.get("mode", str, "min" if metric == "loss" else "max",
+                   lambda v: None if v in ("min", "max") else f"must be 'min' or 'max', got {v!r}"),
+        num_samples=p.get("num_samples", int, 1, _at_least(1)), repeats=p.get("repeats", int, 1, _at_least(1)),
+        max_concurrent=p.get("max_concurrent", int, None, _at_least(1)),
+        checkpoint_every=p.get("checkpoint_every", int, None, _at_least(1)),
+        max_failures=p.get("max_failures", int, 1, lambda v: None if v >= -1 else
+                           f"must be >= 0 (or -1: retry forever), got {v}"))
+    keys["stop"] = _parse_stop(raw.get("stop"), p.bad)
+    space = keys["space"] = _parse_training_space(raw.get("space"), specs, p.bad)
+    p.dedupe()
+    keys["search"] = _parse_search(raw.get("search"), space, p.bad)
+    keys["scheduler"] = _parse_scheduler(raw.get("scheduler"), space, p.bad)
+    resources = keys["resources"] = _parse_resources(raw.get("resources"), p.bad)
+    keys["tracking"] = _parse_tracking(raw.get("tracking"), p.bad)
+    device = device_problem(space, resources)
+    if device:
+        p.bad("space.device", device)
+    if keys["repeats"] > 1 and isinstance(space.get("seed"), Dist):
+        p.bad("repeats", f"repeats: {keys['repeats']} and a seed {space['seed'].kind} both set the replicate seeds; "
+                         "keep one (repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
+    if p.found:
+        raise SpaceError(source, p.found)
+    if keys["checkpoint_every"] is None:
+        keys["checkpoint_every"] = 1 if keys["scheduler"]["type"] == "pbt" else 5
+    return StudySpec(**keys, source=source)
 
-    def bad(key: str, msg: str) -> None:
-        problems.append((key, msg))
 
+def _check_study_keys(raw: dict, specs: dict, bad) -> None:
     for key in raw:
         if key not in STUDY_KEYS:
             hint = did_you_mean(key, STUDY_KEYS)
@@ -233,96 +300,74 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
                 hint = " (training-config keys go under 'space:')"
             bad(str(key), f"unknown study key{hint}")
 
-    def get(key, tp, default, check=None):
-        if key not in raw or raw[key] is None:
-            return default
-        v = raw[key]
-        try:
-            v = coerce(v, tp) if tp in (int, float, str, bool) else v
-        except TypeError as exc:
-            bad(key, str(exc))
-            return default
-        if check:
-            msg = check(v)
-            if msg:
-                bad(key, msg)
-                return default
-        return v
 
-    name = get("name", str, default_name, lambda v: None if _valid_name(v) else
-               f"{v!r} is not a valid study name (letters, digits, '-', '_', '.'; no '/' or '..')")
-    description = get("description", str, "")
-    metric = get("metric", str, "exact_acc", lambda v: None if v in METRICS else
-                 f"unknown metric {v!r}{did_you_mean(v, METRICS)}; choose one of {', '.join(METRICS)}")
-    mode = get("mode", str, "min" if metric == "loss" else "max",
-               lambda v: None if v in ("min", "max") else f"must be 'min' or 'max', got {v!r}")
-    num_samples = get("num_samples", int, 1, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
-    repeats = get("repeats", int, 1, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
-    max_concurrent = get("max_concurrent", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
-    checkpoint_every = get("checkpoint_every", int, None, lambda v: None if v >= 1 else f"must be >= 1, got {v}")
-    max_failures = get("max_failures", int, 1, lambda v: None if v >= -1 else f"must be >= 0 (or -1: retry forever), got {v}")
-
-    # stop
+def _parse_stop(value, bad) -> dict[str, float]:
     stop: dict[str, float] = {}
-    if raw.get("stop") is not None:
-        if not isinstance(raw["stop"], dict):
-            bad("stop", f"must be a mapping of metric to threshold, e.g. {{iter: 2000}}, got {raw['stop']!r}")
-        else:
-            for k, v in raw["stop"].items():
-                if k not in STOP_KEYS:
-                    bad(f"stop.{k}", f"unknown stop key{did_you_mean(k, STOP_KEYS)}; choose from {', '.join(STOP_KEYS)}")
-                else:
-                    try:
-                        stop[k] = coerce(v, float)
-                    except TypeError as exc:
-                        bad(f"stop.{k}", str(exc))
+    if value is None:
+        return stop
+    if not isinstance(value, dict):
+        bad("stop", f"must be a mapping of metric to threshold, e.g. {{iter: 2000}}, got {value!r}")
+        return stop
+    for k, v in value.items():
+        if k not in STOP_KEYS:
+            bad(f"stop.{k}", f"unknown stop key{did_you_mean(k, STOP_KEYS)}; choose from {', '.join(STOP_KEYS)}")
+            continue
+        try:
+            stop[k] = coerce(v, float)
+        except TypeError as exc:
+            bad(f"stop.{k}", str(exc))
+    return stop
 
-    # space
+
+def _parse_training_space(raw_space, specs: dict, bad) -> dict[str, Any]:
     space: dict[str, Any] = {}
-    raw_space = raw.get("space")
     if raw_space is None:
         bad("space", "missing: a search-space file needs a 'space' mapping of training-config keys")
-    elif not isinstance(raw_space, dict):
+        return space
+    if not isinstance(raw_space, dict):
         bad("space", f"must be a mapping of training-config keys, got {type(raw_space).__name__}")
-    else:
-        for key, value in raw_space.items():
-            where = f"space.{key}"
-            if key not in specs:
-                bad(where, f"unknown training-config key{did_you_mean(key, specs)}")
-                continue
-            tp = specs[key].type
-            if isinstance(value, dict):
-                dist = _parse_dist(where, value, tp, bad)
-                if dist is not None:
-                    space[key] = dist
-            else:
-                try:
-                    space[key] = coerce(value, tp)
-                except TypeError as exc:
-                    bad(where, str(exc))
-        # every combination of constants and one value of each distribution must be a valid config
-        probe = {k: (v.args[0] if isinstance(v, Dist) else v) for k, v in space.items()}
-        for k, v in space.items():
-            values = v.args if isinstance(v, Dist) and v.kind in ("grid", "choice") else (
-                v.args[:2] if isinstance(v, Dist) else [v])
-            for val in values:
-                if isinstance(v, Dist) and v.kind == "randint":
-                    val = max(v.args[0], v.args[1] - 1) if val == v.args[1] else val
-                try:
-                    TrainConfig.from_flat({**probe, k: val})
-                except ConfigError as exc:
-                    for name_, msg in exc.problems:
-                        if name_ == k or name_ not in space:
-                            bad(f"space.{k}", msg)
-                    break
-        probs_seen = set()
-        problems[:] = [p for p in problems if not (p in probs_seen or probs_seen.add(p))]
+        return space
+    for key, value in raw_space.items():
+        where = f"space.{key}"
+        if key not in specs:
+            bad(where, f"unknown training-config key{did_you_mean(key, specs)}")
+            continue
+        tp = specs[key].type
+        if isinstance(value, dict):
+            dist = _parse_dist(where, value, tp, bad)
+            if dist is not None:
+                space[key] = dist
+        else:
+            try:
+                space[key] = coerce(value, tp)
+            except TypeError as exc:
+                bad(where, str(exc))
+    _probe_configs(space, bad)
+    return space
 
-    # search
+
+def _probe_configs(space: dict, bad) -> None:
+    """Every combination of the constants and one value of each distribution must be a valid config."""
+    probe = {k: (v.args[0] if isinstance(v, Dist) else v) for k, v in space.items()}
+    for k, v in space.items():
+        values = v.args if isinstance(v, Dist) and v.kind in ("grid", "choice") else (
+            v.args[:2] if isinstance(v, Dist) else [v])
+        for val in values:
+            if isinstance(v, Dist) and v.kind == "randint":
+                val = max(v.args[0], v.args[1] - 1) if val == v.args[1] else val
+            try:
+                TrainConfig.from_flat({**probe, k: val})
+            except ConfigError as exc:
+                for name_, msg in exc.problems:
+                    if name_ == k or name_ not in space:
+                        bad(f"space.{k}", msg)
+                break
+
+
+def _parse_search(value, space: dict, bad) -> dict[str, Any]:
     search = {"type": "grid", "seed": 0}
-    if raw.get("search") is not None:
-        s = raw["search"]
-        s = {"type": s} if isinstance(s, str) else s
+    if value is not None:
+        s = {"type": value} if isinstance(value, str) else value
         if not isinstance(s, dict):
             bad("search", f"must be a name ({', '.join(SEARCHERS)}) or a mapping with 'type', got {s!r}")
         else:
@@ -331,7 +376,8 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
                     bad(f"search.{k}", f"unknown search option{did_you_mean(k, ('type', 'seed'))}; options: type, seed")
             t = s.get("type", "grid")
             if t not in SEARCHERS:
-                bad("search.type", f"unknown searcher {t!r}{did_you_mean(t, SEARCHERS)}; choose one of {', '.join(SEARCHERS)}")
+                bad("search.type", f"unknown searcher {t!r}{did_you_mean(t, SEARCHERS)}; choose one of "
+                                   f"{', '.join(SEARCHERS)}")
             else:
                 search["type"] = t
             try:
@@ -344,80 +390,67 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
             bad("search", f"optuna cannot handle grid distributions (space.{grids[0]}); use choice, or search: grid")
         if not any(isinstance(v, Dist) for v in space.values()):
             bad("search", "optuna needs at least one distribution in space")
+    return search
 
-    # scheduler
-    scheduler: dict[str, Any] = {"type": "fifo"}
-    if raw.get("scheduler") is not None:
-        s = raw["scheduler"]
-        s = {"type": s} if isinstance(s, str) else s
-        if not isinstance(s, dict) or "type" not in s:
-            bad("scheduler", f"must be a name ({', '.join(SCHEDULER_KNOBS)}) or a mapping with 'type', got {s!r}")
-        elif s["type"] not in SCHEDULER_KNOBS:
-            bad("scheduler.type", f"unknown scheduler {s['type']!r}{did_you_mean(s['type'], SCHEDULER_KNOBS)}; "
-                f"choose one of {', '.join(SCHEDULER_KNOBS)}")
-        else:
-            knobs = SCHEDULER_KNOBS[s["type"]]
-            scheduler = {"type": s["type"]}
-            for k, v in s.items():
-                if k == "type":
-                    continue
-                if k not in knobs:
-                    valid = ", ".join(knobs) or "none"
-                    bad(f"scheduler.{k}", f"{s['type']} has no knob {k!r}{did_you_mean(k, knobs)}; its knobs: {valid}")
-                    continue
-                if knobs[k] is dict:
-                    scheduler[k] = v
-                    continue
-                try:
-                    scheduler[k] = coerce(v, knobs[k])
-                except TypeError as exc:
-                    bad(f"scheduler.{k}", str(exc))
-                    continue
-                if knobs[k] in (int, float) and not isinstance(v, bool) and scheduler[k] <= 0:
-                    bad(f"scheduler.{k}", f"must be > 0, got {v}")
-            if scheduler["type"] == "pbt":
-                _check_pbt(scheduler, space, bad)
-            if scheduler["type"] in ("asha", "hyperband") and "reduction_factor" in scheduler \
-                    and scheduler["reduction_factor"] <= 1:
-                bad("scheduler.reduction_factor", f"must be > 1, got {scheduler['reduction_factor']}")
 
-    # resources
+def _parse_scheduler(value, space: dict, bad) -> dict[str, Any]:
+    if value is None:
+        return {"type": "fifo"}
+    s = {"type": value} if isinstance(value, str) else value
+    if not isinstance(s, dict) or "type" not in s:
+        bad("scheduler", f"must be a name ({', '.join(SCHEDULER_KNOBS)}) or a mapping with 'type', got {s!r}")
+        return {"type": "fifo"}
+    if s["type"] not in SCHEDULER_KNOBS:
+        bad("scheduler.type", f"unknown scheduler {s['type']!r}{did_you_mean(s['type'], SCHEDULER_KNOBS)}; "
+            f"choose one of {', '.join(SCHEDULER_KNOBS)}")
+        return {"type": "fifo"}
+    knobs = SCHEDULER_KNOBS[s["type"]]
+    scheduler = {"type": s["type"]}
+    for k, v in s.items():
+        if k == "type":
+            continue
+        if k not in knobs:
+            valid = ", ".join(knobs) or "none"
+            bad(f"scheduler.{k}", f"{s['type']} has no knob {k!r}{did_you_mean(k, knobs)}; its knobs: {valid}")
+            continue
+        if knobs[k] is dict:
+            scheduler[k] = v
+            continue
+        try:
+            scheduler[k] = coerce(v, knobs[k])
+        except TypeError as exc:
+            bad(f"scheduler.{k}", str(exc))
+            continue
+        if knobs[k] in (int, float) and not isinstance(v, bool) and scheduler[k] <= 0:
+            bad(f"scheduler.{k}", f"must be > 0, got {v}")
+    if scheduler["type"] == "pbt":
+        _check_pbt(scheduler, space, bad)
+    if scheduler["type"] in ("asha", "hyperband") and scheduler.get("reduction_factor", 2) <= 1:
+        bad("scheduler.reduction_factor", f"must be > 1, got {scheduler['reduction_factor']}")
+    return scheduler
+
+
+def _parse_resources(value, bad) -> dict[str, float]:
     resources = {"cpu": 1.0, "gpu": 0.0}
-    if raw.get("resources") is not None:
-        r = raw["resources"]
-        if not isinstance(r, dict):
-            bad("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {r!r}")
-        else:
-            for k, v in r.items():
-                if k not in resources:
-                    bad(f"resources.{k}", f"unknown resource{did_you_mean(k, resources)}; use cpu and gpu")
-                    continue
-                try:
-                    resources[k] = coerce(v, float)
-                except TypeError as exc:
-                    bad(f"resources.{k}", str(exc))
-                    continue
-                if resources[k] < 0:
-                    bad(f"resources.{k}", f"must be >= 0, got {v}")
-            if resources["cpu"] == 0 and resources["gpu"] == 0:
-                bad("resources", "a trial needs some cpu or gpu")
-
-    tracking = _parse_tracking(raw.get("tracking"), bad)
-    device = device_problem(space, resources)
-    if device:
-        bad("space.device", device)
-    if repeats > 1 and isinstance(space.get("seed"), Dist):
-        bad("repeats", f"repeats: {repeats} and a seed {space['seed'].kind} both set the replicate seeds; keep one "
-                       "(repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
-    if problems:
-        raise SpaceError(source, problems)
-    if checkpoint_every is None:
-        checkpoint_every = 1 if scheduler["type"] == "pbt" else 5
-    return StudySpec(name=name, space=space, description=description, metric=metric, mode=mode,
-                     num_samples=num_samples, repeats=repeats, stop=stop, scheduler=scheduler, search=search,
-                     resources=resources,
-                     max_concurrent=max_concurrent, checkpoint_every=checkpoint_every, max_failures=max_failures,
-                     tracking=tracking, source=source)
+    if value is None:
+        return resources
+    if not isinstance(value, dict):
+        bad("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {value!r}")
+        return resources
+    for k, v in value.items():
+        if k not in resources:
+            bad(f"resources.{k}", f"unknown resource{did_you_mean(k, resources)}; use cpu and gpu")
+            continue
+        try:
+            resources[k] = coerce(v, float)
+        except TypeError as exc:
+            bad(f"resources.{k}", str(exc))
+            continue
+        if resources[k] < 0:
+            bad(f"resources.{k}", f"must be >= 0, got {v}")
+    if resources["cpu"] == 0 and resources["gpu"] == 0:
+        bad("resources", "a trial needs some cpu or gpu")
+    return resources
 
 
 def device_problem(space: dict, resources: dict) -> Optional[str]:
