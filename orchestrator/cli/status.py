@@ -1,14 +1,12 @@
 """``adder-sweep status``: what is under a storage path, from the files alone (no Ray needed)."""
 from __future__ import annotations
 
-import json
-import math
 from typing import Optional
 
 from ..errors import UserError
 from ..spec.plan import num_trials
 from ..spec.space import StudySpec
-from ..studydir.storage import STUDY_RECORD, Storage
+from ..studydir.storage import STUDY_RECORD, Storage, read_record
 from ..results.tables import load_trials
 
 STATE_ORDER = ("pending", "running", "terminated", "errored")
@@ -26,49 +24,49 @@ def driver_note(storage: Storage, name: str) -> str | None:
     return f"claimed by host {info.get('host')} (pid {info.get('pid')}; resume takes over if its heartbeat stopped)"
 
 
-def best_key(value: float, mode: str, iters_to_solve) -> tuple:
-    """Sort key of a trial's result, best first: the metric, then -- among trials that reach the same value (all
-    solved, say) -- the fewer iterations it took. The one rule behind "best" everywhere (status, report)."""
-    its = iters_to_solve if isinstance(iters_to_solve, (int, float)) and iters_to_solve == iters_to_solve else math.inf
-    return (-value if mode == "max" else value, its)
-
-
 def study_summary(storage: Storage, name: str) -> dict:
+    """Trials by state and outcome, whether the study can be resumed, and its best trial -- by the one ranking
+    rule of the report and the study page (results/report.py: rank_trials), on the tables as ``load_study``
+    reads them (built in memory when Ray wrote more since; nothing is written)."""
     from ..results.tables import logical_trials
 
-    record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
+    record = read_record(storage, name)
     spec = record["spec"]
-    metric, mode = spec["metric"], spec["mode"]
     chains = logical_trials(load_trials(storage, name))
     counts = {s: 0 for s in STATE_ORDER}
     outcomes: dict[str, int] = {}
-    ranked = []
     for chain in chains:
         t = chain[-1]
         counts[t["state"]] = counts.get(t["state"], 0) + 1
         status = t["last_result"].get("status")
         if status:
             outcomes[status] = outcomes.get(status, 0) + 1
-        v = t["last_result"].get(metric)
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            ranked.append((best_key(v, mode, t["last_result"].get("iters_to_solve")), v, t, chain[0]["trial_id"]))
-    all_solved = bool(chains) and all(c[-1]["last_result"].get("status") == "solved" for c in chains)
-    # the one rule (results/report.py: default_value): when every trial solved, fewer iterations rank first
-    ranked.sort(key=lambda r: (r[0][1], r[0][0]) if all_solved else r[0])
-    best, best_trial, best_id = (ranked[0][1], ranked[0][2], ranked[0][3]) if ranked else (None, None, None)
     driver = driver_note(storage, name)
     alive = driver is not None
     study_spec = StudySpec.from_json(spec)
     planned = num_trials(study_spec)
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(chains) < planned)
-    tied = sum(1 for r in ranked if r[1] == best)
+    best_value, best = _best(storage, name) if chains else (None, None)
     return {"name": name, "trials": len(chains), "planned": planned, "counts": counts, "outcomes": outcomes,
-            "metric": metric, "mode": mode, "best": best, "best_trial": best_trial, "best_id": best_id,
-            "best_tied": tied, "all_solved": all_solved, "driver_alive": alive, "driver": driver,
-            "resumable": resumable,
+            "metric": spec["metric"], "mode": spec["mode"], "best_value": best_value, "best": best,
+            "driver_alive": alive, "driver": driver, "resumable": resumable,
             "created": record.get("created"), "source": record.get("source"), "swept": study_spec.swept_keys(),
             "generations": len(record.get("generations") or [None])}
+
+
+def _best(storage: Storage, name: str):
+    """(the ranking column, its value for the best trial), or (None, None) when no trial has results yet."""
+    from ..results.report import load_study, rank_trials
+
+    try:
+        study = load_study(storage.uri(name), storage.root)
+    except UserError:
+        return None, None  # no trial has reported yet
+    ranked, value, _ = rank_trials(study)
+    if ranked.empty or ranked.iloc[0][value] != ranked.iloc[0][value]:  # (NaN: nothing reported)
+        return None, None
+    return value, ranked.iloc[0][value].item() if hasattr(ranked.iloc[0][value], "item") else ranked.iloc[0][value]
 
 
 def _fmt(v) -> str:
@@ -83,23 +81,17 @@ def print_study_summary(storage: Storage, name: str, study=None) -> None:
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(s["outcomes"].items()))
     print(f"Study {name} ({storage.uri(name)}): {s['trials']}/{s['planned']} trials: {counts or 'none started'}"
           + (f"; outcomes: {outcomes}" if outcomes else ""))
+    if study is None and s["trials"]:
+        from ..results.report import load_study
+
+        try:
+            study = load_study(storage.uri(name), storage.root)
+        except UserError:
+            return  # no trial has reported yet: there is no best
     if study is not None and len(study.trials):
         line = best_trial_line(study)
         if line:
             print(line)
-        return
-    t = s["best_trial"]
-    if t is not None:
-        cfg = t["config"]
-        lr_ = t["last_result"]
-        tie = (" (every trial solved: ranked by iters_to_solve)" if s["all_solved"] else
-               f" (ties on {s['metric']} broken by iters_to_solve)" if s["best_tied"] > 1 else "")
-        head = (f"Best: {s['best_id']} solved in {lr_.get('iters_to_solve')} iterations" if s["all_solved"]
-                else f"Best {s['metric']} = {_fmt(s['best'])} by {s['best_id']}")
-        keys = [k for k in s["swept"] if k != "seed"] + ["seed"]
-        values = " ".join(f"{k}={_fmt(cfg.get(k))}" for k in keys if k in cfg)
-        print(f"{head}: {values} (status {lr_.get('status')}, iters {lr_.get('iter')}, iters_to_solve "
-              f"{_fmt(lr_.get('iters_to_solve'))})" + tie)
 
 
 def best_trial_line(study) -> Optional[str]:
@@ -132,7 +124,7 @@ def print_status(storage_root: str, name: Optional[str]) -> int:
         if not names:
             print(f"no studies under {storage.root}")
             return 0
-    header = f"{'study':<40} {'trials':>7} {'pend':>5} {'run':>5} {'term':>5} {'err':>5}  {'best':>12}  resumable"
+    header = f"{'study':<40} {'trials':>7} {'pend':>5} {'run':>5} {'term':>5} {'err':>5}  {'best':>24}  resumable"
     print(header)
     for n in names:
         try:
@@ -141,8 +133,8 @@ def print_status(storage_root: str, name: Optional[str]) -> int:
             print(f"{n:<40} unreadable: {exc}")
             continue
         c = s["counts"]
-        best = f"{s['metric']}={_fmt(s['best'])}" if s["best"] is not None else "-"
+        best = f"{s['best_value']}={_fmt(s['best'])}" if s["best"] is not None else "-"
         res = s["driver"] if s["driver_alive"] else ("yes" if s["resumable"] else "no (complete)")
         print(f"{n:<40} {s['trials']:>3}/{s['planned']:<3} {c['pending']:>5} {c['running']:>5} {c['terminated']:>5} "
-              f"{c['errored']:>5}  {best:>12}  {res}")
+              f"{c['errored']:>5}  {best:>24}  {res}")
     return 0

@@ -21,13 +21,9 @@ RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "
 
 def generation_paths(storage: Storage, name: str) -> list[str]:
     """The study's generations as paths under its directory: "" (the root, generation 0), "gen-1", ..."""
-    from ..studydir.storage import STUDY_RECORD
+    from ..studydir.storage import record_or_none
 
-    try:
-        record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
-    except (OSError, ValueError, FileNotFoundError):
-        return [""]
-    gens = record.get("generations") or [{"path": ""}]
+    gens = (record_or_none(storage, name) or {}).get("generations") or [{"path": ""}]
     return [g.get("path", "") for g in gens]
 
 
@@ -67,11 +63,10 @@ def tested_ray_range() -> str:
 
 def check_ray_versions(storage: Storage, name: str) -> None:
     """UserError if a Ray outside RAY_STATE_TESTED wrote (ran) this study, by the versions its record holds."""
-    from ..studydir.storage import STUDY_RECORD
+    from ..studydir.storage import record_or_none
 
-    try:
-        record = json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))
-    except (OSError, ValueError, FileNotFoundError):
+    record = record_or_none(storage, name)
+    if record is None:
         return  # no record: the caller reports that
     lo, hi = RAY_STATE_TESTED
     for run in record.get("runs", []):
@@ -457,25 +452,24 @@ def identity_function(spec):
 def _identity(storage: Storage, name: str):
     """config -> configuration id under the study's current spec (orchestrator/spec/plan.py), or None."""
     from ..spec.space import StudySpec
-    from ..studydir.storage import STUDY_RECORD
+    from ..studydir.storage import record_or_none
 
     try:
-        spec = StudySpec.from_json(json.loads(storage.read_text(storage.join(name, STUDY_RECORD)))["spec"])
-    except (OSError, ValueError, KeyError, TypeError, FileNotFoundError):
+        spec = StudySpec.from_json((record_or_none(storage, name) or {})["spec"])
+    except (KeyError, TypeError, ValueError):
         return None
     return identity_function(spec)
 
 
 def _table_metadata(storage: Storage, name: str) -> dict[str, str]:
     """The study's name, metric, mode and swept keys, so a table alone says what was searched."""
-    from ..studydir.storage import STUDY_RECORD
+    from ..studydir.storage import record_or_none
 
-    path = storage.join(name, STUDY_RECORD)
     meta = {"adder_sweep.study": name}
-    try:
-        spec = json.loads(storage.read_text(path))["spec"]
-    except (OSError, ValueError, KeyError, FileNotFoundError):
+    record = record_or_none(storage, name)
+    if record is None:
         return meta
+    spec = record["spec"]
     swept = [k for k, v in spec.get("space", {}).items() if isinstance(v, dict)]
     meta.update({"adder_sweep.metric": spec.get("metric", ""), "adder_sweep.mode": spec.get("mode", ""),
                  "adder_sweep.swept": ",".join(swept)})

@@ -225,6 +225,15 @@ def read_record(storage: Storage, name: str) -> dict:
     return record
 
 
+def record_or_none(storage: Storage, name: str) -> Optional[dict]:
+    """The study record, or None when it is missing or damaged: for readers that fall back to what Ray wrote
+    (the tables of a study whose record is gone are still worth building); ``read_record`` says what is wrong."""
+    try:
+        return read_record(storage, name)
+    except UserError:
+        return None
+
+
 def write_record(storage: Storage, name: str, record: dict) -> None:
     import json
 
