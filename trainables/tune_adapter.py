@@ -115,12 +115,10 @@ def training_config(config: dict) -> tuple[dict, dict]:
     (Optuna studies' replicate index, added to the seed)."""
     import json
 
-    config = dict(config)
-    continues = config.pop("_continues", "") or ""
-    index = config.pop("__trial_index__", None)
-    if index is not None:
-        config["seed"] = int(config.get("seed", 0)) + int(index)
-    return {k: v for k, v in config.items() if not k.startswith("_")}, (json.loads(continues) if continues else {})
+    from .seeding import training_values
+
+    continues = config.get("_continues", "") or ""
+    return training_values(config), (json.loads(continues) if continues else {})
 
 
 def checkpoint_at(uri: str) -> tune.Checkpoint:

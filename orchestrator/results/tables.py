@@ -363,12 +363,10 @@ def logical_trials(trials: list[dict]) -> list[list[dict]]:
 
 
 def training_values(config: dict) -> dict:
-    """A trial's training config as it trained: hidden driver keys dropped, an Optuna replicate's index added to
-    its seed (see trainables.tune_adapter.training_config)."""
-    out = {k: v for k, v in config.items() if not k.startswith("_")}
-    if config.get("__trial_index__") is not None:
-        out["seed"] = int(config.get("seed", 0)) + int(config["__trial_index__"])
-    return out
+    """A trial's training config as it trained (trainables.seeding.training_values: the one rule)."""
+    from trainables.seeding import training_values as rule
+
+    return rule(config)
 
 
 def _chain_reports(storage: Storage, name: str, chain: list[dict]) -> tuple[list[dict], float | None]:

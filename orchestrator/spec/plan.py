@@ -145,9 +145,3 @@ def num_trials(spec: StudySpec) -> int:
     if spec.search["type"] == "optuna":
         return spec.num_samples * len(seeds(spec))
     return len(plan(spec))
-
-
-def trial_identity(config: dict, spec: StudySpec) -> tuple[str, int]:
-    """(configuration id, seed) of a trial that ran, from its recorded config."""
-    seed = config.get("__trial_index__", config.get("seed", 0))
-    return config_id(config, identity_keys(spec)), int(seed)

@@ -32,7 +32,7 @@ def code_version() -> dict[str, Any]:
     from a checkout; else the installed package version."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout: orchestrator/studydir/records.py
     out: dict[str, Any] = {}
     try:
         out["package"] = metadata.version("adder-sweep")

@@ -215,9 +215,8 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     """Check, plan and run an extension; returns (Outcome, its ExtensionPlan), the Outcome None when there is
     nothing to run (or a dry run).
     Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
-    from ..studydir.claim import claim_existing_study
     from ..studydir.records import now_iso
-    from .study import _connect_and_probe, _fit, build_tuner, run_entry
+    from .study import _fit, build_tuner, recorded_connection, run_entry, study_session
 
     storage, name = study_location(name_or_path, storage_root)
     record = read_record(storage, name)
@@ -255,27 +254,16 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     from .tracking import check_server, mlflow_uri
 
     check_server(mlflow_uri(new))
-    claim = claim_existing_study(storage, name, force=force)
-    try:
-        recorded_env = record.get("runtime_env") or {}
-        env = runtime_env if runtime_env is not None else recorded_env.get("user")
-        conn, env_record = _connect_and_probe(address or record.get("address"), storage, new, env,
-                                              recorded_env.get("ship_code"), stopper)
-        try:
-            tuner = build_tuner(new, name, storage, points=ext.points, gen_path=gen_path)
-            gens.append({"index": index, "path": gen_path, "kind": "extend", "spec": new.to_json(), "at": now_iso(),
-                         "points": ext.points, "reused": len(ext.reused),
-                         "continued": [tid for tid, _ in ext.continued], "new": len(ext.new), "notes": ext.notes})
-            record["generations"] = gens
-            record["spec"] = new.to_json()
-            record["runs"].append(run_entry("extend", conn, index, overrides=list(overrides),
-                                            added=len(ext.new), continued=[tid for tid, _ in ext.continued]))
-            record["runtime_env"] = env_record
-            write_record(storage, name, record)
-            return _fit(tuner, storage, name, claim, stopper, gen_path), ext
-        finally:
-            from ..cluster.connect import disconnect
-
-            disconnect(conn)
-    finally:
-        claim.release()
+    with study_session(storage, name, new, **recorded_connection(record, address, runtime_env), stopper=stopper,
+                       new=False, force=force) as (conn, env_record, claim):
+        tuner = build_tuner(new, name, storage, points=ext.points, gen_path=gen_path)
+        gens.append({"index": index, "path": gen_path, "kind": "extend", "spec": new.to_json(), "at": now_iso(),
+                     "points": ext.points, "reused": len(ext.reused),
+                     "continued": [tid for tid, _ in ext.continued], "new": len(ext.new), "notes": ext.notes})
+        record["generations"] = gens
+        record["spec"] = new.to_json()
+        record["runs"].append(run_entry("extend", conn, index, overrides=list(overrides),
+                                        added=len(ext.new), continued=[tid for tid, _ in ext.continued]))
+        record["runtime_env"] = env_record
+        write_record(storage, name, record)
+        return _fit(tuner, storage, name, claim, stopper, gen_path), ext

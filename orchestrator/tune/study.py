@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -300,29 +301,64 @@ def launch(spec: StudySpec, yaml_text: str, *, name: Optional[str], storage_root
     if storage.exists(storage.join(name)):
         raise UserError(f"study {name!r} already exists under {storage.root}; continue it with "
                         f"`adder-sweep resume {name}{storage.flag()}`, or pick another --name")
-    created = storage.check_writable()
-    try:
-        conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
-    except BaseException:
-        storage.remove_if_empty(created)  # a refused launch leaves nothing behind, not even the folder it made
-        raise
-    try:
-        claim = claim_new_study(storage, name)
+    with study_session(storage, name, spec, address=address, runtime_env=runtime_env, ship_code=ship_code,
+                       stopper=stopper, new=True) as (conn, env_record, claim):
+        tuner = build_tuner(spec, name, storage)
+        record = {
+            "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
+            "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
+            "address": conn.address, "runtime_env": env_record, "runs": [run_entry("sweep", conn)],
+            "generations": [{"index": 0, "path": "", "kind": "sweep", "spec": spec.to_json(), "at": now_iso()}],
+        }
+        write_record(storage, name, record)
+        storage.write_text(storage.join(name, "space.yaml"), yaml_text)
+        return _fit(tuner, storage, name, claim, stopper)
+
+
+@contextmanager
+def study_session(storage: Storage, name: str, spec: StudySpec, *, address: Optional[str],
+                  runtime_env: Optional[dict], ship_code: Optional[bool], stopper: Optional[Stopper], new: bool,
+                  force: bool = False):
+    """The one sequence of sweep, resume and extend: connect, check the trials fit and probe the nodes, claim the
+    study -- in the order that leaves nothing behind when refused -- and undo it all afterwards. Yields
+    (connection, the runtime_env record, the claim).
+
+    A new study (``new``) connects first: its claim creates the study folder, which a refused connection must not
+    leave (nor the storage folder made for it). An existing one claims first: a study another driver runs is
+    refused before any connection."""
+    if new:
+        created = storage.check_writable()
         try:
-            tuner = build_tuner(spec, name, storage)
-            record = {
-                "name": name, "created": now_iso(), "spec": spec.to_json(), "file_spec": file_spec.to_json(),
-                "file_fingerprint": file_spec.space_fingerprint(), "yaml": yaml_text, "source": file_spec.source,
-                "address": conn.address, "runtime_env": env_record, "runs": [run_entry("sweep", conn)],
-                "generations": [{"index": 0, "path": "", "kind": "sweep", "spec": spec.to_json(), "at": now_iso()}],
-            }
-            write_record(storage, name, record)
-            storage.write_text(storage.join(name, "space.yaml"), yaml_text)
-            return _fit(tuner, storage, name, claim, stopper)
-        finally:
+            conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
+        except BaseException:
+            storage.remove_if_empty(created)  # a refused launch leaves nothing behind, not even the folder it made
+            raise
+        try:
+            claim = claim_new_study(storage, name)
+        except BaseException:
+            disconnect(conn)
+            raise
+    else:
+        claim = claim_existing_study(storage, name, force=force)  # refuses while another driver runs the study
+        try:
+            conn, env_record = _connect_and_probe(address, storage, spec, runtime_env, ship_code, stopper)
+        except BaseException:
             claim.release()
+            raise
+    try:
+        yield conn, env_record, claim
     finally:
+        claim.release()
         disconnect(conn)
+
+
+def recorded_connection(record: dict, address: Optional[str], runtime_env: Optional[dict]) -> dict:
+    """What resume and extend connect with: the given address and runtime_env, else the study's recorded ones
+    (and the recorded choice of shipping the code)."""
+    recorded_env = record.get("runtime_env") or {}
+    return {"address": address or record.get("address"),
+            "runtime_env": runtime_env if runtime_env is not None else recorded_env.get("user"),
+            "ship_code": recorded_env.get("ship_code")}
 
 
 def resume(name_or_path: str, *, storage_root: str, address: Optional[str], space_file: Optional[str],
@@ -337,26 +373,17 @@ def resume(name_or_path: str, *, storage_root: str, address: Optional[str], spac
     spec = StudySpec.from_json(record["spec"]).with_tracking(mlflow)
     _check_space_unchanged(record, space_file)
     check_server(mlflow_uri(spec))
-    recorded_env = record.get("runtime_env") or {}
-    env = runtime_env if runtime_env is not None else recorded_env.get("user")
-    claim = claim_existing_study(storage, name, force=force)  # refuses while another driver runs the study
-    try:
-        conn, env_record = _connect_and_probe(address or record.get("address"), storage, spec, env,
-                                              recorded_env.get("ship_code"), stopper)
-        try:
-            gens = record.get("generations") or [{"index": 0, "path": "", "spec": record["spec"]}]
-            generation = gens[-1]
-            tuner = _restore_tuner(storage, name, record, spec, generation, gens)
-            set_tracker(tuner, tracker_for(spec, name, generation.get("index", len(gens) - 1)))
-            record["runs"].append(run_entry("resume", conn, generation.get("index", len(gens) - 1)))
-            record["runtime_env"] = env_record
-            record["spec"] = {**record["spec"], "tracking": spec.tracking}
-            write_record(storage, name, record)
-            return _fit(tuner, storage, name, claim, stopper, generation.get("path", ""))
-        finally:
-            disconnect(conn)
-    finally:
-        claim.release()
+    with study_session(storage, name, spec, **recorded_connection(record, address, runtime_env), stopper=stopper,
+                       new=False, force=force) as (conn, env_record, claim):
+        gens = record.get("generations") or [{"index": 0, "path": "", "spec": record["spec"]}]
+        generation = gens[-1]
+        tuner = _restore_tuner(storage, name, record, spec, generation, gens)
+        set_tracker(tuner, tracker_for(spec, name, generation.get("index", len(gens) - 1)))
+        record["runs"].append(run_entry("resume", conn, generation.get("index", len(gens) - 1)))
+        record["runtime_env"] = env_record
+        record["spec"] = {**record["spec"], "tracking": spec.tracking}
+        write_record(storage, name, record)
+        return _fit(tuner, storage, name, claim, stopper, generation.get("path", ""))
 
 
 def _restore_tuner(storage: Storage, name: str, record: dict, spec: StudySpec, generation: dict, gens: list):
@@ -544,10 +571,3 @@ def _record_final_states(grid, storage: Storage, name: str, gen_path: str = "") 
               "states": {t.trial_id: t.status for t in trials if t.status == "ERROR"}}
     where = [name, gen_path, FINAL_STATES] if gen_path else [name, FINAL_STATES]
     storage.write_text(storage.join(*where), json.dumps(record, indent=1) + "\n")
-
-
-def trial_states(storage: Storage, name: str) -> dict[str, str]:
-    """trial id -> Ray state (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) from the experiment state file."""
-    from ..results.tables import load_trials
-
-    return {t["trial_id"]: t["ray_status"] for t in load_trials(storage, name)}
