@@ -138,6 +138,34 @@ def test_each_part_imports_only_the_layers_below_it():
     assert not wrong, "\n".join(wrong)
 
 
+# Ray is imported only where studies run on it; torch only where models train (and the train command).
+RAY_ONLY_IN = ("orchestrator.tune", "orchestrator.cluster", "trainables.tune_adapter")
+TORCH_ONLY_IN = ("trainables", "orchestrator.cli.train")
+
+
+def third_party_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_ray_and_torch_stay_where_they_run():
+    """The spec, the study folder and the results read and write files: analysing a study needs neither Ray
+    nor torch, and the packages above know them only through tune/, cluster/ and trainables/."""
+    wrong = []
+    for module, path in modules().items():
+        found = third_party_imports(path)
+        if "ray" in found and not module.startswith(RAY_ONLY_IN):
+            wrong.append(f"{module} imports ray")
+        if "torch" in found and not module.startswith(TORCH_ONLY_IN):
+            wrong.append(f"{module} imports torch")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_function_is_longer_than_80_lines():
     long = []
     for module, path in modules().items():
@@ -150,14 +178,15 @@ def test_no_function_is_longer_than_80_lines():
 
 
 def test_a_built_wheel_carries_every_package(tmp_path):
-    """A non-editable install: build a wheel from the tracked files, install it alone into a folder, and import
+    """A non-editable install: build a wheel from the checkout's files (what git would commit), install it alone into a folder, and import
     every module from there (outside the repository, so nothing comes from the source tree)."""
     try:
         import setuptools  # noqa: F401  (the build backend, as pyproject.toml names it)
     except ImportError:
         pytest.skip("setuptools is not installed in this environment")
     src = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()  # (new files too)
     for f in files:
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)

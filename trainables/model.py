@@ -5,15 +5,16 @@ import torch
 from torch import nn
 
 from . import fused
-from .config import KERNELS
+from .config import KERNELS, DataConfig, ModelConfig
 from .data import digits_to_int, int_to_digits, sequence_length, str_from_int
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+_M, _D = ModelConfig(), DataConfig()  # the defaults are config.py's, stated once
 
 
 class AdderNet(nn.Module):
-    def __init__(self, cell: str = "rnn", layers: int = 2, hidden: int = 64, embed: int = 32,
-                 mode: str = "full", digits: int = 11, kernel: str = "torch"):
+    def __init__(self, cell: str = _M.cell, layers: int = _M.layers, hidden: int = _M.hidden, embed: int = _M.embed,
+                 mode: str = _D.mode, digits: int = _D.digits, kernel: str = _M.kernel):
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(_CELLS)}")

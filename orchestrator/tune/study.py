@@ -24,7 +24,8 @@ from ..studydir.claim import Claim, claim_existing_study, claim_new_study
 from ..cluster.connect import Connection, connect, disconnect, probe, resolve_address, trial_runtime_env
 from ..errors import UserError
 from ..studydir.records import code_version, command_line, now_iso, package_versions
-from ..spec.space import Dist, StudySpec, make_scheduler, make_searcher, param_space, valid_study_name
+from ..spec.space import Dist, StudySpec, valid_study_name
+from .search import make_scheduler, make_searcher, param_space
 from ..studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
 
 
