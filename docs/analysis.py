@@ -1,5 +1,7 @@
-"""A typical analysis of a study, twice: with adder-sweep's notebook API, and with duckdb on the Parquet tables.
+"""A study run and analysed from Python: launched with the API, then analysed twice -- with adder-sweep's notebook
+API, and with duckdb on the Parquet tables.
 
+    python docs/analysis.py --sweep search_spaces/quick.yaml --name quick --repeats 2   # run it, then analyse it
     python docs/analysis.py quick-20261130-101500                   # a study under ./results
     python docs/analysis.py NAME --storage /shared/studies          # or s3://bucket/studies
 
@@ -13,7 +15,21 @@ import argparse
 
 import pandas as pd
 
-from orchestrator import load_study
+from orchestrator import load_study, sweep
+
+
+def launch(space: str, name: str, storage: str, repeats: int | None) -> str:
+    """Run a study as ``adder-sweep sweep`` would (an embedded Ray on this machine's cores, or the caller's
+    ``ray.init()``); errored trials are in the result, and ``raise_for_errors`` turns them into an exception."""
+    result = sweep(space, name=name, storage=storage, repeats=repeats)
+    result.raise_for_errors()
+    print(f"ran {result.name}: {result.states}; outcomes {result.outcomes}; best trial {result.best['trial_id']} "
+          f"({result.best['value']} = {result.best[result.best['value']]:.4g})")
+    if result.best_configuration:
+        b = result.best_configuration
+        print(f"best configuration over {b['n']} seeds: {b['config']}, {b['value']} {b['mean']:.4g} "
+              f"[{b['low']:.4g}, {b['high']:.4g}]")
+    return result.name
 
 
 def with_the_api(name: str, storage: str) -> None:
@@ -65,13 +81,20 @@ def with_duckdb(name: str, storage: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study")
+    parser.add_argument("study", nargs="?", help="a study to analyse (with --sweep: none)")
     parser.add_argument("--storage", default="./results")
+    parser.add_argument("--sweep", metavar="FILE", help="run this search-space file first, then analyse its study")
+    parser.add_argument("--name", help="with --sweep: the study's name")
+    parser.add_argument("--repeats", type=int, help="with --sweep: seeds per configuration")
     args = parser.parse_args()
+    if (args.sweep is None) == (args.study is None):
+        parser.error("give a study, or --sweep FILE")
     pd.set_option("display.width", 160)
-    with_the_api(args.study, args.storage)
+    study = launch(args.sweep, args.name, args.storage, args.repeats) if args.sweep else args.study
     print()
-    with_duckdb(args.study, args.storage)
+    with_the_api(study, args.storage)
+    print()
+    with_duckdb(study, args.storage)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The notebook API (``from orchestrator import load_study``) and docs/analysis.py, run on a real study."""
+"""The notebook API (``from orchestrator import sweep, load_study``) and docs/analysis.py, which launches a real
+study through the API in a fresh interpreter and analyses it; the other tests read that study."""
 import os
 import shutil
 import stat
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from orchestrator import load_study
-from tests.conftest import ROOT, run_study_text
+from tests.conftest import ROOT
 
 STUDY = """\
 # analysis doc study
@@ -26,21 +27,28 @@ space:
 
 
 @pytest.fixture(scope="module")
-def root(ray_local, tmp_path_factory):
+def launched(tmp_path_factory):
+    """docs/analysis.py --sweep: the study run through the API (its own embedded Ray), then analysed."""
     root = tmp_path_factory.mktemp("analysis")
-    run_study_text(STUDY, root, "ana")
-    from orchestrator.results.tables import write_tables
-    from orchestrator.studydir.storage import Storage
+    (root / "ana.yaml").write_text(STUDY)
+    p = subprocess.run([sys.executable, str(ROOT / "docs" / "analysis.py"), "--sweep", str(root / "ana.yaml"),
+                        "--name", "ana", "--storage", str(root)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return root, p
 
-    write_tables(Storage.open(root), "ana")
+
+@pytest.fixture(scope="module")
+def root(launched):
+    root, p = launched
+    assert p.returncode == 0, p.stderr[-3000:]
     return root
 
 
-def test_docs_analysis_runs(root):
-    p = subprocess.run([sys.executable, str(ROOT / "docs" / "analysis.py"), "ana", "--storage", str(root)],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+def test_docs_analysis_runs(launched):
+    _, p = launched
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "ran ana: {'TERMINATED': 4}" in p.stdout and "best configuration over 2 seeds" in p.stdout
     assert "ana: 4 trials, swept cell" in p.stdout and "best trial" in p.stdout
     assert "first iteration at >= 50% exact accuracy" in p.stdout
     assert "mean_iters_to_solve" in p.stdout  # the duckdb part ran
