@@ -1,4 +1,4 @@
-"""Search-space files: load a YAML study description, validate all of it, and build Ray Tune objects.
+"""Search-space files: load a YAML study description into a StudySpec and validate all of it.
 
 A file has study keys (``name``, ``metric``, ``scheduler``, ...) and a ``space`` mapping whose keys are the
 training-config fields (``trainables.config``), each a constant or one distribution:
@@ -6,7 +6,7 @@ training-config fields (``trainables.config``), each a constant or one distribut
 (hi exclusive), ``{quniform: [lo, hi, q]}``, ``{qrandint: [lo, hi, q]}``.
 
 Everything is checked before anything starts; every problem is reported at once, each naming the file and key.
-Ray is imported only when Tune objects are built.
+The spec is plain data: orchestrator/tune/search.py makes Ray Tune's objects of it.
 """
 from __future__ import annotations
 
