@@ -4,10 +4,10 @@
 storage_filesystem=...)``, ``tune.with_resources``, ``Tuner.restore``) and records what reproduces the study in its
 directory: ``adder_study.json`` (spec, YAML text, command lines, versions, runtime_env) and ``space.yaml``.
 
-Order of a launch, so that a refused launch leaves nothing behind: validate, probe the tracking server if any
-(orchestrator.tune.tracking), connect (orchestrator.cluster.connect), check the trials fit, probe every node, claim the study name
-(orchestrator.studydir.claim), write the record, run Tune. After Tune returns, ``Outcome`` says how every trial ended, so the
-CLI can exit non-zero when any errored.
+Order of a launch, so that a refused launch leaves nothing behind (``study_session``): validate, probe the
+tracking server if any (tune/tracking.py), connect (cluster/connect.py), check the trials fit, probe every node,
+claim the study name (studydir/claim.py), write the record, run Tune. After Tune returns, ``Outcome`` says how
+every trial ended; the API (orchestrator/api.py) makes its StudyResult of it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..studydir.records import code_version, command_line, now_iso, package_versions
 from ..spec.space import Dist, StudySpec, valid_study_name
 from .search import make_scheduler, make_searcher, param_space
-from ..studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401 (re-exported)
+from ..studydir.storage import STUDY_RECORD, Storage, read_record, study_location, write_record  # noqa: F401
 
 
 @dataclass
