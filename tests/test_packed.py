@@ -1,0 +1,112 @@
+"""Packed members (trainables/packed.py): K models of one shape as one batched model equal the same models trained
+alone with AdderNet and torch.optim.Adam -- in float64, every weight within 1e-9 after 50 steps, for each cell --
+and a diverging member leaves the others bit for bit as they were."""
+import pytest
+import torch
+from torch import nn
+
+from trainables.data import train_batch
+from trainables.model import AdderNet
+from trainables.packed import PackedAdam, PackedAdderNet, clip_member_grads, member_losses
+
+DIGITS, BATCH, STEPS = 4, 16, 50
+MEMBERS = [  # (seed, lr, grad_clip): different seeds, learning rates and clipping
+    (0, 1e-3, 0.0),
+    (1, 1e-2, 0.5),
+    (2, 3e-3, 0.0),
+]
+
+
+def alone(cell: str, seed: int, lr: float, clip: float, steps: int = STEPS) -> AdderNet:
+    """The reference: one member trained by itself, as trainables/loop.py trains a run."""
+    torch.manual_seed(seed)
+    model = AdderNet(cell, 2, hidden=12, embed=6, digits=DIGITS).double()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    for it in range(steps):
+        batch = train_batch("full", DIGITS, BATCH, seed, it)
+        loss = loss_fn(model(batch.a, batch.b).reshape(-1, 10), batch.target.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    return model
+
+
+def packed(cell: str, members, steps: int = STEPS):
+    """The same members as one pack, from the same initial weights; returns (pack, each step's member losses)."""
+    inits = []
+    for seed, _, _ in members:
+        torch.manual_seed(seed)
+        inits.append(AdderNet(cell, 2, hidden=12, embed=6, digits=DIGITS).double())
+    pack = PackedAdderNet.from_members(inits)
+    opt = PackedAdam(pack.parameters(), torch.tensor([lr for _, lr, _ in members], dtype=torch.float64))
+    clip = torch.tensor([c for _, _, c in members], dtype=torch.float64)
+    history = []
+    for it in range(steps):
+        batches = [train_batch("full", DIGITS, BATCH, seed, it) for seed, _, _ in members]
+        a, b = torch.stack([x.a for x in batches]), torch.stack([x.b for x in batches])
+        target = torch.stack([x.target for x in batches])
+        losses = member_losses(pack(a, b), target)
+        opt.zero_grad()
+        losses.sum().backward()
+        clip_member_grads(pack, clip)
+        opt.step()
+        history.append(losses.detach())
+    return pack, torch.stack(history)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_each_member_equals_its_configuration_trained_alone(cell):
+    pack, _ = packed(cell, MEMBERS)
+    for k, (seed, lr, clip) in enumerate(MEMBERS):
+        ref = alone(cell, seed, lr, clip).state_dict()
+        got = pack.member_state_dict(k)
+        assert ref.keys() == got.keys()
+        worst = max((ref[key] - got[key]).abs().max().item() for key in ref)
+        assert worst < 1e-9, (cell, k, worst)
+        moved = max((ref[key] - alone(cell, seed, lr, clip, steps=0).state_dict()[key]).abs().max().item()
+                    for key in ref)
+        assert moved > 1e-3  # the members trained: equality is not two untouched copies
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_a_diverging_member_leaves_the_others_untouched(cell):
+    calm, calm_losses = packed(cell, MEMBERS[:2] + [(2, 3e-3, 0.0)], steps=20)
+    wild, wild_losses = packed(cell, MEMBERS[:2] + [(2, 10.0, 0.0)], steps=20)
+    for k in range(2):
+        a, b = calm.member_state_dict(k), wild.member_state_dict(k)
+        assert all(torch.equal(a[key], b[key]) for key in a), k
+    assert torch.equal(calm_losses[:, :2], wild_losses[:, :2])
+    assert not torch.equal(calm_losses[:, 2], wild_losses[:, 2])  # the third member did train differently
+
+
+def test_a_frozen_member_does_not_change():
+    """A member that has ended (solved, diverged, out of budget) stops changing while the others train on."""
+    inits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        inits.append(AdderNet("gru", 1, hidden=8, embed=4, digits=DIGITS).double())
+    pack = PackedAdderNet.from_members(inits)
+    opt = PackedAdam(pack.parameters(), torch.tensor([1e-2, 1e-2], dtype=torch.float64))
+    before = pack.member_state_dict(1)
+    for it in range(5):
+        batches = [train_batch("full", DIGITS, BATCH, s, it) for s in (0, 1)]
+        losses = member_losses(pack(torch.stack([x.a for x in batches]), torch.stack([x.b for x in batches])),
+                               torch.stack([x.target for x in batches]))
+        opt.zero_grad()
+        losses.sum().backward()
+        opt.step(active=torch.tensor([True, False]))
+    after = pack.member_state_dict(1)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert opt.steps.tolist() == [5.0, 0.0]
+
+
+def test_shapes_and_refusals():
+    pack = PackedAdderNet(3, "lstm", 2, hidden=8, embed=4)
+    assert pack.w_ih[0].shape == (3, 32, 8) and pack.w_ih[1].shape == (3, 32, 8) and pack.w_hh[0].shape == (3, 32, 8)
+    with pytest.raises(ValueError, match="unknown cell"):
+        PackedAdderNet(2, "cnn")
+    with pytest.raises(ValueError, match="at least one member"):
+        PackedAdderNet(0)
