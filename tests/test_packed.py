@@ -110,3 +110,68 @@ def test_shapes_and_refusals():
         PackedAdderNet(2, "cnn")
     with pytest.raises(ValueError, match="at least one member"):
         PackedAdderNet(0)
+
+
+# -- the pack's loop against trainables.loop.train -------------------------------------------------------------
+from trainables.config import ConfigError, TrainConfig  # noqa: E402
+from trainables.loop import train  # noqa: E402
+from trainables.pack_loop import check_packable, train_pack  # noqa: E402
+
+SHARED = {"layers": 2, "hidden": 12, "embed": 6, "digits": 2, "batch_size": 32, "eval_size": 100, "eval_every": 10,
+          "dtype": "float64", "device": "cpu", "threads": 1}
+VARIED = [  # what members may differ in: seed, lr, schedule and its knobs, clipping, target, budget
+    {"seed": 0, "lr": 3e-3, "iters": 60},
+    {"seed": 1, "lr": 1e-2, "iters": 45, "grad_clip": 0.5},  # a budget that is no multiple of eval_every
+    {"seed": 2, "lr": 2e-2, "iters": 60, "schedule": "plateau", "plateau_patience": 1, "plateau_factor": 0.5,
+     "plateau_threshold": 0.5},  # a plateau rule that fires
+    {"seed": 3, "lr": 3e-2, "iters": 60, "target": 0.005},  # solves (one sum in 100 right), then stays frozen
+    {"seed": 4, "lr": 1e-3, "iters": 60},  # diverges: its weights are poisoned at iteration 10 (see POISON_AT)
+]
+POISON_AT, POISONED = 10, 4  # NaN written into a member's weights through its checkpoint, as tests/test_loop.py does
+KEYS = ("iter", "exact_acc", "digit_acc", "lr", "status", "iters_to_solve")
+
+
+def run_alone(flat, poison=False):
+    reports = []
+
+    def report(metrics, checkpoint):
+        reports.append(metrics)
+        if poison and metrics["iter"] == POISON_AT:
+            checkpoint()["model"]["dense.weight"].fill_(float("nan"))
+
+    summary = train(TrainConfig.from_flat(flat), report=report)
+    return summary, reports
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_each_member_of_a_pack_reports_what_it_reports_alone(cell):
+    configs = [{**SHARED, "cell": cell, **v} for v in VARIED]
+    packed_reports = {k: [] for k in range(len(configs))}
+
+    def report(reports, checkpoint):
+        for k, m in reports.items():
+            packed_reports[k].append(m)
+            if k == POISONED and m["iter"] == POISON_AT:
+                checkpoint()["model"]["dense_w"][k].fill_(float("nan"))
+
+    summaries = train_pack([TrainConfig.from_flat(c) for c in configs], report=report)
+    statuses = set()
+    for k, flat in enumerate(configs):
+        summary, reports = run_alone(flat, poison=k == POISONED)
+        got = packed_reports[k]
+        assert [tuple(r[x] for x in KEYS) for r in got] == [tuple(r[x] for x in KEYS) for r in reports], (cell, k)
+        assert all(abs(a["loss"] - b["loss"]) <= 1e-9 * abs(b["loss"]) or (a["loss"] != a["loss"] and
+                   b["loss"] != b["loss"]) for a, b in zip(got, reports)), (cell, k)
+        assert (summaries[k]["status"], summaries[k]["iters"], summaries[k]["iters_to_solve"]) == \
+            (summary["status"], summary["iters"], summary["iters_to_solve"]), (cell, k)
+        statuses.add(summary["status"])
+    assert statuses == {"budget", "solved", "diverged"}  # the members reached every outcome
+    assert any(r["lr"] < VARIED[2]["lr"] for r in packed_reports[2])  # the plateau rule fired
+
+
+def test_members_that_do_not_share_a_step_are_refused():
+    a = TrainConfig.from_flat({**SHARED, "cell": "rnn"})
+    b = TrainConfig.from_flat({**SHARED, "cell": "gru", "digits": 4})
+    with pytest.raises(ConfigError, match="cell: member 1 has 'gru', member 0 'rnn'") as exc:
+        check_packable([a, b])
+    assert "digits" in str(exc.value)

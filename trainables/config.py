@@ -22,6 +22,7 @@ DATA_MODES = ("full", "seed")
 SCHEDULES = ("fixed", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DENORMALS = ("flush", "keep")
+DTYPES = ("float32", "float64")
 
 # The assignment's protocol draws 9-digit operands; their sum has up to 10 digits.
 SEED_MODE_MIN_DIGITS = 10
@@ -102,6 +103,8 @@ class RunConfig:
     """CPU floats below 1.2e-38: flush to zero (unstable runs train up to 13x faster; stable runs unchanged) or keep"""
     deterministic: bool = True
     """on CUDA, deterministic cuDNN and cuBLAS kernels: the same numbers for the same seed (false: faster, not repeatable)"""
+    dtype: str = "float32"
+    """floating-point type of weights and activations: float32, or float64 (slow; to compare runs to rounding)"""
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
@@ -186,6 +189,7 @@ class TrainConfig:
         check(r.threads >= 0, "threads", f"must be >= 0, got {r.threads}")
         check(r.denormals in DENORMALS, "denormals",
               f"unknown setting {r.denormals!r}; choose one of {', '.join(DENORMALS)}")
+        check(r.dtype in DTYPES, "dtype", f"unknown dtype {r.dtype!r}; choose one of {', '.join(DTYPES)}")
         return p
 
     def validate(self, source: str = "config") -> "TrainConfig":

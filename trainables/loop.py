@@ -108,7 +108,7 @@ class _Run:
         self.config, self.device = config, device
         torch.manual_seed(r.seed)
         random.seed(r.seed)
-        self.model = AdderNet.from_config(config).to(device)
+        self.model = AdderNet.from_config(config).to(device=device, dtype=getattr(torch, r.dtype))
         self.kernel = "fused" if self.model.uses_fused_kernel(device) else "torch"
         if self.kernel == "fused":
             fused.extension()  # build or load it now: a missing compiler fails here, before any training
@@ -176,7 +176,8 @@ class _Run:
     def loop(self, report: Optional[Report], resumed: bool) -> None:
         """Train until solved, diverged or out of budget, reporting after every evaluation."""
         r = self.config.run
-        window_loss, window_n = torch.zeros((), device=self.device), 0
+        dtype = getattr(torch, r.dtype)  # (float64 runs sum their losses in float64 too)
+        window_loss, window_n = torch.zeros((), device=self.device, dtype=dtype), 0
         t0 = time.perf_counter()
         self.model.train()
         while self.status == "running" and self.it < r.iters:
@@ -191,7 +192,7 @@ class _Run:
             metrics = self.evaluate(mean_loss, window_n, t0)
             if report is not None:
                 report(metrics, self.checkpoint)
-            window_loss, window_n = torch.zeros((), device=self.device), 0
+            window_loss, window_n = torch.zeros((), device=self.device, dtype=dtype), 0
             t0 = time.perf_counter()
         if self.status == "running":
             self.status = "budget"
