@@ -185,9 +185,12 @@ def run(n: int, workdir: Path) -> dict:
     report_s, rep = _timed(_cli() + ["report", "scale", "--storage", str(storage)], workdir)
     page = storage / "scale" / "report.html"
     peak = max((mb for _, mb in watch.samples), default=None)
+    done = max(completions, default=None)  # the last trial's last report: Tune's part ends, tables and page follow
+    during = max((mb for t, mb in watch.samples if done is None or t <= done), default=None)
     out = {"trials": n, "finished": int(len(study.trials)), "cores": cores, "wall_s": wall,
            "trials_per_s": n / wall, **_rates(completions), "train_s_sum": train_s, "ideal_s": ideal,
            "overhead_per_trial_s": (wall - ideal) / n, "driver_peak_rss_mb": peak,
+           "driver_peak_rss_while_trials_ran_mb": during,
            "driver_rss_growth_mb_per_1000": _rss_growth(watch.samples, completions),
            "status_s": status_s, "report_s": report_s, "report_ok": rep.returncode == 0, "load_study_s": load_s,
            "page_mb": page.stat().st_size / 1e6 if page.exists() else None,
@@ -233,7 +236,9 @@ def markdown(res: dict) -> list[str]:
                                                           f"{res['end_over_start']:.2f})"),
         ("ideal wall (training seconds / cores)", f"{res['ideal_s']:.0f} s on {res['cores']} cores"),
         ("overhead per trial over the ideal", f"{res['overhead_per_trial_s'] * 1000:.0f} ms"),
-        ("driver's own peak RSS", f"{res['driver_peak_rss_mb']:.0f} MB" if res['driver_peak_rss_mb'] else "-"),
+        ("driver's own peak RSS (while trials ran)", f"{res['driver_peak_rss_mb']:.0f} MB "
+                                                      f"({res.get('driver_peak_rss_while_trials_ran_mb') or 0:.0f} MB)"
+                                                      if res['driver_peak_rss_mb'] else "-"),
         ("driver RSS growth after the first 1,000 trials", f"{growth:.0f} MB per 1,000 trials"
                                                             if growth is not None else "- (too few samples)"),
         ("Tune's slow-callback warnings", str(res["tune_slow_callback_warnings"])),

@@ -282,9 +282,12 @@ def _runtime_env(value):
 def _finish(outcome) -> StudyResult:
     """Tables and the study page from what Tune wrote, and the result. A page that cannot be drawn is a warning
     (the study is on storage all the same), never a failed call."""
+    import gc
+
     from .results.tables import write_tables
     from .studydir.storage import Storage
 
+    gc.collect()  # Tune's controller, trials and result grid sit in reference cycles: free them before the tables
     storage = Storage.open(outcome.storage)
     study = _write_page(storage, outcome.name) if write_tables(storage, outcome.name) is not None else None
     result = StudyResult(outcome.name, outcome.path, outcome.storage, dict(outcome.states), {},

@@ -513,6 +513,7 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
         grid = tuner.fit()
         stopper.in_tune = False
         _record_final_states(grid, storage, name, gen_path)
+        del grid  # Tune's result grid holds every trial's last result: not needed once the states are recorded
         trials = _load_trials_quietly(storage, name)
         states = dict(Counter(t["ray_status"] for t in trials))
         interrupted = any(s in ("PENDING", "RUNNING", "PAUSED") for s in states)
