@@ -33,12 +33,13 @@ import torch  # noqa: E402
 
 import analysis_bench  # noqa: E402
 import gpu as gpu_bench  # noqa: E402
+import pack_step  # noqa: E402
 import scale  # noqa: E402
 import step  # noqa: E402
 import sweep_bench as sb  # noqa: E402
 from common import CoreShare, machine_info, machine_markdown, markdown_table, usable_cores  # noqa: E402
 
-SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis", "scale")
+SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis", "packed", "scale")
 BUSY = 0.25  # other processes' cores above which a section is flagged as contended
 UNSTEADY = 0.5  # spread of the rounds ((max - min) / median) above which a timing cannot decide a target
 
@@ -67,6 +68,7 @@ def run_sections(names: list[str], quick: bool, repeats: int, workdir: Path) -> 
                                      for sw in r.get("sweeps", [])]),
         "analysis": lambda: {"startup": analysis_bench.startup(3 if quick else 7),
                              "load": analysis_bench.load(200 if quick else 1000)},
+        "packed": lambda: pack_step.run(quick),
         "scale": lambda: scale.run(scale.QUICK_TRIALS if quick else scale.TRIALS, workdir / "scale"),
     }
     for name in names:
@@ -388,6 +390,8 @@ RENDER = {"step": ("Step throughput, machine limit, MFU", md_step), "threads": (
           "startup": ("Start-up", md_startup), "overhead": ("Sweep overhead", md_overhead),
           "schedulers": ("Schedulers: ASHA vs FIFO", md_schedulers), "gpu": ("GPU", md_gpu),
           "memory": ("Memory", md_memory), "analysis": ("Reading studies: start-up and loading", md_analysis),
+          "packed": ("Packed members: one batched step against K single steps (benchmarks/pack_step.py)",
+                     pack_step.markdown),
           "scale": ("Scale: one study of many tiny trials (benchmarks/scale.py)", scale.markdown)}
 
 TARGET_COLUMNS = [("target", "target", ""), ("measured", "measured", ""), ("met", "met", ""), ("reason", "reason", "")]

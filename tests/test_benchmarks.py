@@ -21,3 +21,17 @@ def test_gpu_benchmark_dry_run_writes_every_section(tmp_path):
     rows = res["sections"]["fractional"]["rows"]
     assert [r["k"] for r in rows] == [1, 2] and all(r["samples_per_s"] > 0 for r in rows)
     assert "DRY RUN" in (tmp_path / "gpu.md").read_text()
+
+
+def test_packed_step_benchmark_quick_measures_both_sides():
+    """benchmarks/pack_step.py --quick: the packed step and the K single steps of the same members both timed
+    (no timing is asserted: ratios belong in `make bench`)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pack_step
+
+    res = pack_step.run(quick=True)
+    (row,) = res["rows"]
+    assert (row["cell"], row["hidden"], row["k"]) == ("rnn", 16, 4)
+    assert row["packed_ms"] > 0 and row["k_singles_ms"] > 0
+    assert abs(row["speedup"] - row["k_singles_ms"] / row["packed_ms"]) < 1e-9 * row["speedup"]
+    assert "| rnn | 16 | 4 |" in "\n".join(pack_step.markdown(res))
