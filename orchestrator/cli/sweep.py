@@ -1,4 +1,5 @@
-"""``adder-sweep validate | sweep | resume | status``: search-space files to Ray Tune studies."""
+"""``adder-sweep validate | sweep | resume | extend | status``: the commands over orchestrator/api.py -- their
+flags, what they print, and their exit codes."""
 from __future__ import annotations
 
 import argparse
