@@ -24,10 +24,11 @@ def driver_note(storage: Storage, name: str) -> str | None:
     return f"claimed by host {info.get('host')} (pid {info.get('pid')}; resume takes over if its heartbeat stopped)"
 
 
-def study_summary(storage: Storage, name: str) -> dict:
+def study_summary(storage: Storage, name: str, *, best: bool = True) -> dict:
     """Trials by state and outcome, whether the study can be resumed, and its best trial -- by the one ranking
     rule of the report and the study page (results/report.py: rank_trials), on the tables as ``load_study``
-    reads them (built in memory when Ray wrote more since; nothing is written)."""
+    reads them (built in memory when Ray wrote more since; nothing is written). ``best=False`` skips that read
+    (the end of a sweep ranks the tables it has just written)."""
     from ..results.tables import logical_trials
 
     record = read_record(storage, name)
@@ -47,9 +48,9 @@ def study_summary(storage: Storage, name: str) -> dict:
     planned = num_trials(study_spec)
     unfinished = counts["pending"] + counts["running"] + counts["errored"]
     resumable = not alive and (unfinished > 0 or len(chains) < planned)
-    best_value, best = _best(storage, name) if chains else (None, None)
+    best_value, best_of = _best(storage, name) if chains and best else (None, None)
     return {"name": name, "trials": len(chains), "planned": planned, "counts": counts, "outcomes": outcomes,
-            "metric": spec["metric"], "mode": spec["mode"], "best_value": best_value, "best": best,
+            "metric": spec["metric"], "mode": spec["mode"], "best_value": best_value, "best": best_of,
             "driver_alive": alive, "driver": driver, "resumable": resumable,
             "created": record.get("created"), "source": record.get("source"), "swept": study_spec.swept_keys(),
             "generations": len(record.get("generations") or [None])}
@@ -76,7 +77,7 @@ def _fmt(v) -> str:
 def print_study_summary(storage: Storage, name: str, study=None) -> None:
     """The end of a sweep, extend or resume: trials by state and outcome, and the best trial -- by the ranking
     rule of the report and the study page (results/report.py: rank_trials) when ``study`` (its tables) is given."""
-    s = study_summary(storage, name)
+    s = study_summary(storage, name, best=False)
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(s["outcomes"].items()))
     print(f"Study {name} ({storage.uri(name)}): {s['trials']}/{s['planned']} trials: {counts or 'none started'}"
