@@ -301,22 +301,32 @@ def _check_study_keys(raw: dict, specs: dict, bad) -> None:
             bad(str(key), f"unknown study key{hint}")
 
 
-def _parse_stop(value, bad) -> dict[str, float]:
-    stop: dict[str, float] = {}
+def _float_mapping(where: str, value, out: dict, allowed, shape: str, unknown: str, hint: str, bad,
+                   check=None) -> dict:
+    """A study key that maps known names to numbers (stop, resources): each value a float, every problem said."""
     if value is None:
-        return stop
+        return out
     if not isinstance(value, dict):
-        bad("stop", f"must be a mapping of metric to threshold, e.g. {{iter: 2000}}, got {value!r}")
-        return stop
+        bad(where, f"must be {shape}, got {value!r}")
+        return out
     for k, v in value.items():
-        if k not in STOP_KEYS:
-            bad(f"stop.{k}", f"unknown stop key{did_you_mean(k, STOP_KEYS)}; choose from {', '.join(STOP_KEYS)}")
+        if k not in allowed:
+            bad(f"{where}.{k}", f"{unknown}{did_you_mean(k, allowed)}; {hint}")
             continue
         try:
-            stop[k] = coerce(v, float)
+            out[k] = coerce(v, float)
         except TypeError as exc:
-            bad(f"stop.{k}", str(exc))
-    return stop
+            bad(f"{where}.{k}", str(exc))
+            continue
+        msg = check(out[k], v) if check else None
+        if msg:
+            bad(f"{where}.{k}", msg)
+    return out
+
+
+def _parse_stop(value, bad) -> dict[str, float]:
+    return _float_mapping("stop", value, {}, STOP_KEYS, "a mapping of metric to threshold, e.g. {iter: 2000}",
+                          "unknown stop key", f"choose from {', '.join(STOP_KEYS)}", bad)
 
 
 def _parse_training_space(raw_space, specs: dict, bad) -> dict[str, Any]:
@@ -431,24 +441,10 @@ def _parse_scheduler(value, space: dict, bad) -> dict[str, Any]:
 
 
 def _parse_resources(value, bad) -> dict[str, float]:
-    resources = {"cpu": 1.0, "gpu": 0.0}
-    if value is None:
-        return resources
-    if not isinstance(value, dict):
-        bad("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {value!r}")
-        return resources
-    for k, v in value.items():
-        if k not in resources:
-            bad(f"resources.{k}", f"unknown resource{did_you_mean(k, resources)}; use cpu and gpu")
-            continue
-        try:
-            resources[k] = coerce(v, float)
-        except TypeError as exc:
-            bad(f"resources.{k}", str(exc))
-            continue
-        if resources[k] < 0:
-            bad(f"resources.{k}", f"must be >= 0, got {v}")
-    if resources["cpu"] == 0 and resources["gpu"] == 0:
+    resources = _float_mapping("resources", value, {"cpu": 1.0, "gpu": 0.0}, ("cpu", "gpu"),
+                               "a mapping like {cpu: 1, gpu: 0.25}", "unknown resource", "use cpu and gpu", bad,
+                               lambda x, v: f"must be >= 0, got {v}" if x < 0 else None)
+    if isinstance(value, dict) and resources["cpu"] == 0 and resources["gpu"] == 0:
         bad("resources", "a trial needs some cpu or gpu")
     return resources
 
