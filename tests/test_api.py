@@ -97,6 +97,8 @@ def test_a_callers_ray_is_used_and_left_connected_and_errors_are_raised(tmp_path
         import json
         import ray
         from orchestrator import AdderSweepError, TrialsFailed, UserError, sweep
+        from orchestrator.results.tables import load_reports, load_trials
+        from orchestrator.studydir.storage import Storage
 
         TINY = {TINY!r}
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
@@ -117,6 +119,9 @@ def test_a_callers_ray_is_used_and_left_connected_and_errors_are_raised(tmp_path
             out["failed"] = [str(exc), exc.result.name, len(r.errors), r.ok]
         out["still_connected"] = ray.is_initialized()
         out["second"] = sweep(TINY, name="after", storage="res").states
+        st = Storage.open("res")
+        out["visible"] = sorted({{r["cuda_visible_devices"] for t in load_trials(st, "after")
+                                  for r in load_reports(st, "after", t["dir"])}})
         print(json.dumps(out))
     """, tmp_path)
     assert found["bad"][0] == "SpaceError" and "digits" in found["bad"][1] and "\n" not in found["bad"][1]
@@ -125,6 +130,7 @@ def test_a_callers_ray_is_used_and_left_connected_and_errors_are_raised(tmp_path
     assert name == "fails" and n_errors == 2 and not ok and "ended in error (and 1 more)" in message
     assert found["still_connected"]  # the caller's ray.init() is left as it was
     assert found["second"] == {"TERMINATED": 2}
+    assert found["visible"] == [""]  # trials given no GPU share see none (Ray 2.60 leaves the variable alone)
     assert not (tmp_path / "res" / "bad").exists()  # a refused launch writes nothing
 
 

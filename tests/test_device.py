@@ -2,6 +2,7 @@
 random-number states it saves and restores, when a resumed run may change device, and the determinism flags.
 torch's own accelerator queries are replaced where a test needs a machine that has one; Ray is not involved."""
 import json
+import os
 
 import pytest
 import torch
@@ -14,32 +15,72 @@ from trainables.errors import DeviceError
 TINY = {"cell": "rnn", "digits": 3, "iters": 20, "eval_every": 10, "eval_size": 50, "seed": 1, "threads": 1}
 
 
+class _Stream:
+    def is_capturing(self):
+        return False
+
+
 @pytest.fixture
 def gpu_machine(monkeypatch):
-    """torch on a machine whose CUDA answers `is_available` -- and whose every other CUDA call is recorded: a CPU
-    run must make none (each would initialise CUDA and hold memory on every visible GPU)."""
+    """torch of a CUDA build on a machine with a GPU, as far as a process that has not initialised CUDA can tell:
+    CUDA is available unless ``CUDA_VISIBLE_DEVICES`` is empty. Every other CUDA or accelerator call is recorded
+    (each would initialise CUDA in the process and hold memory on a GPU); the torch.cuda ones also fail."""
     touched = []
 
-    def touch(name):
+    def touch(name, result=None):
         def call(*args, **kwargs):
             touched.append(name)
-            raise AssertionError(f"a CPU run called torch.cuda.{name}")
+            if result is None:
+                raise AssertionError(f"a CPU run called torch.{name}")
+            return result
         return call
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("HIP_VISIBLE_DEVICES", "0")  # set here so that the test's end restores it
+    visible = lambda: os.environ.get("CUDA_VISIBLE_DEVICES") != ""  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", visible)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     for name in ("get_rng_state_all", "get_rng_state", "set_rng_state_all", "set_rng_state", "init",
                  "current_device", "device_count"):
-        monkeypatch.setattr(torch.cuda, name, touch(name))
+        monkeypatch.setattr(torch.cuda, name, touch(f"cuda.{name}"))
+    # what torch's own code asks (Adam.step's graph-capture check, in every CUDA build)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator",
+                        lambda check_available=False: torch.device("cuda") if visible() or not check_available
+                        else None)
+    monkeypatch.setattr(torch.accelerator, "current_stream", touch("accelerator.current_stream", _Stream()))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", touch("accelerator.current_device_index", 0))
     return touched
 
 
-def test_a_cpu_run_on_a_gpu_machine_never_asks_cuda(gpu_machine):
+def test_a_cpu_trial_on_a_gpu_machine_never_asks_cuda(gpu_machine):
+    """A run a scheduler gave no GPU (a Ray trial) hides the GPUs from its process before torch asks, so neither
+    its own code nor torch's Adam initialises CUDA; so does ``adder-sweep train --device cpu``."""
     checkpoints = []
-    summary = train(TrainConfig.from_flat({**TINY, "device": "cpu"}), report=lambda m, c: checkpoints.append(c()))
+    summary = train(TrainConfig.from_flat({**TINY, "device": "auto"}), report=lambda m, c: checkpoints.append(c()),
+                    gpus_assigned=0)
     assert summary["device"] == "cpu" and gpu_machine == []
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and os.environ["HIP_VISIBLE_DEVICES"] == ""
     assert all("cuda" not in c["rng"] and c["device"] == "cpu" for c in checkpoints)
-    resumed = train(TrainConfig.from_flat({**TINY, "device": "cpu", "iters": 30}), resume_from=checkpoints[0])
+    resumed = train(TrainConfig.from_flat({**TINY, "device": "cpu", "iters": 30}), resume_from=checkpoints[0],
+                    gpus_assigned=0)
     assert resumed["iters"] == 30 and gpu_machine == []
+
+
+def test_the_train_command_on_the_cpu_hides_the_gpus_of_its_process(gpu_machine, tmp_path):
+    from orchestrator.cli import main
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert main(["train", *flags, "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert gpu_machine == [] and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["device"] == "cpu"
+
+
+def test_a_library_call_on_the_cpu_leaves_its_callers_gpus_visible(gpu_machine):
+    """``train()`` in someone's own process changes no environment: their later GPU work must still see the
+    GPUs. Its own code asks CUDA nothing (torch's Adam may, which is torch's to decide)."""
+    summary = train(TrainConfig.from_flat({**TINY, "device": "cpu"}))
+    assert summary["device"] == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert not [t for t in gpu_machine if t.startswith("cuda.")], gpu_machine
     # a Ray trial given no GPU share uses the CPU without asking torch about accelerators at all
     assert resolve_device("auto", gpus_assigned=0).type == "cpu"
 

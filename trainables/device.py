@@ -2,6 +2,7 @@
 the random-number generators' state. Nothing here knows about Ray."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Optional
 
@@ -58,6 +59,23 @@ def resume_device(state: dict, requested: str, gpus_assigned: Optional[float] = 
                       f"continue on {device.type} here (device {requested}); continue it on {device.type} "
                       f"explicitly with --device {device.type} (its numbers then differ), or resume it where "
                       f"{trained} is available")
+
+
+# What a process's accelerator runtimes read, once, to learn which devices it may see (HIP: ROCm builds of torch).
+HIDDEN_ACCELERATORS = {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+
+
+def hide_accelerators() -> bool:
+    """Make this process's GPUs invisible to torch, for a run that trains on the CPU in a process of its own (a
+    Ray trial, ``adder-sweep train --device cpu``). Even a CPU run asks CUDA otherwise: a CUDA build's
+    ``Adam.step`` checks the accelerator's current stream for graph capture whenever CUDA is available, which
+    initialises CUDA in the process; and Ray 2.60 no longer empties ``CUDA_VISIBLE_DEVICES`` for a task
+    given no GPU (ray-project/ray#54868). Works only before the process's first CUDA query (torch counts the
+    devices once); returns False, hiding nothing, when CUDA is already initialised here."""
+    if torch.cuda.is_initialized():
+        return False
+    os.environ.update(HIDDEN_ACCELERATORS)
+    return True
 
 
 def trained_on(state: dict) -> Optional[str]:

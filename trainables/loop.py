@@ -22,8 +22,8 @@ from . import fused
 from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig
 from .data import eval_set, train_batch
-from .device import (CUBLAS_WORKSPACE, as_memory_error, limit_gpu_memory, resolve_device, resume_device, rng_state,
-                     set_determinism, set_rng_state, tune_allocator)
+from .device import (CUBLAS_WORKSPACE, as_memory_error, hide_accelerators, limit_gpu_memory, resolve_device,
+                     resume_device, rng_state, set_determinism, set_rng_state, tune_allocator)
 from .errors import CheckpointError, first_line
 from .model import AdderNet
 
@@ -89,6 +89,8 @@ def prepare_device(config: TrainConfig, resume_from: Optional[dict], gpus_assign
         device = resolve_device(r.device, gpus_assigned)
     if device.type == "cpu":
         tune_allocator()
+        if gpus_assigned is not None:  # a scheduler's process (a Ray trial): the GPUs here are not this run's
+            hide_accelerators()
     torch.set_flush_denormal(r.denormals == "flush")
     if device.type == "cuda":
         # before this run's first cuBLAS handle (a reused worker's earlier trial set it before its own): without

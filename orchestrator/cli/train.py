@@ -162,6 +162,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from trainables.device import hide_accelerators
     from trainables.loop import train
 
     overrides = config_overrides(args)
@@ -170,6 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir, cfg, record = _new_run(args, overrides)
         rows, resume_state = [], None
+    if cfg.run.device == "cpu":  # this process is the run's: keep torch's Adam from initialising CUDA here
+        hide_accelerators()
     write_json(run_dir / "run.json", record)
     writer = RunWriter(run_dir, cfg, rows, resume_state["iter"] if resume_state else 0)
     progress = Progress(cfg.run.iters, enabled=not args.quiet)
