@@ -138,7 +138,7 @@ def sweep(space: SpaceLike, *, name: Optional[str] = None, storage: str = DEFAUL
           address: Optional[str] = None, overrides: tuple[str, ...] | list[str] = (), repeats: Optional[int] = None,
           smoke: bool = False, max_concurrent: Optional[int] = None, cpus_per_trial: Optional[float] = None,
           gpus_per_trial: Optional[float] = None, runtime_env: Optional[dict | str] = None,
-          ship_code: Optional[bool] = None, mlflow: Optional[str] = None) -> StudyResult:
+          ship_code: Optional[bool] = None, mlflow: Optional[str] = None, pack: Optional[int] = None) -> StudyResult:
     """Run a new study (``adder-sweep sweep``). ``space``: see the module docstring. ``overrides``: ``KEY=VALUE``
     strings as ``--set`` takes them. ``runtime_env``: a dict, or JSON text or a file as ``--runtime-env`` takes.
     ``address``: None starts an embedded Ray on this machine (or uses the caller's ``ray.init()``; ``$RAY_ADDRESS``
@@ -151,7 +151,7 @@ def sweep(space: SpaceLike, *, name: Optional[str] = None, storage: str = DEFAUL
         spec = with_repeats(spec, repeats)
         spec = spec.smoke() if smoke else spec
         spec = spec.with_overrides(max_concurrent=max_concurrent, cpus=cpus_per_trial, gpus=gpus_per_trial)
-        spec = spec.with_tracking(mlflow)
+        spec = spec.with_tracking(mlflow).with_pack(pack)
         env = _runtime_env(runtime_env)
         with Stopper() as stopper:
             try:
@@ -186,7 +186,7 @@ def extend(study: str, *, storage: str = DEFAULT_STORAGE, address: Optional[str]
            num_samples: Optional[int] = None, repeats: Optional[int] = None, dry_run: bool = False,
            max_concurrent: Optional[int] = None, cpus_per_trial: Optional[float] = None,
            gpus_per_trial: Optional[float] = None, runtime_env: Optional[dict | str] = None, force: bool = False,
-           mlflow: Optional[str] = None) -> StudyResult:
+           mlflow: Optional[str] = None, pack: Optional[int] = None) -> StudyResult:
     """Grow a finished study (``adder-sweep extend``): more grid values, seeds, samples or iterations; only what
     is new runs. The plan (reused, continued, new) is printed and kept as ``result.extension``; with ``dry_run``,
     or when nothing is new, nothing runs and ``result.ran`` is False."""
@@ -205,7 +205,7 @@ def extend(study: str, *, storage: str = DEFAULT_STORAGE, address: Optional[str]
                                        space_file=space_file, num_samples=num_samples, repeats=repeats,
                                        dry_run=dry_run, runtime_env=env, force=force, stopper=stopper,
                                        max_concurrent=max_concurrent, cpus=cpus_per_trial, gpus=gpus_per_trial,
-                                       mlflow=mlflow)
+                                       mlflow=mlflow, pack=pack)
             except KeyboardInterrupt:
                 return _not_started(stopper, study, storage)
         if outcome is None:

@@ -331,8 +331,10 @@ def test_fractional_gpus_run_eight_trials_at_once_on_two_logical_gpus(tmp_path):
         assert len(runs) == 8 and all(len(r) == 20 for r in runs.values())
         spans = [(r[0]["timestamp"], r[-1]["timestamp"]) for r in runs.values()]
         assert max(a for a, _ in spans) <= min(b for _, b in spans), spans  # one moment when all 8 ran
-        given = {r[0]["cuda_visible_devices"] for r in runs.values()}
+        given = {r[0]["gpu_ids"] for r in runs.values()}
         assert given == {"0", "1"}, given  # a share of one GPU each, both GPUs used
+        # they train on the CPU (device: cpu), so their processes see no GPU: torch's Adam cannot initialise CUDA
+        assert {r[0]["cuda_visible_devices"] for r in runs.values()} == {""}
         p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(space), "--name", "cuda",
                             "--storage", str(storage), "--set", "device=auto"], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path, env=env)

@@ -13,6 +13,7 @@ from .errors import CheckpointError, first_line
 from .model import AdderNet
 
 CHECKPOINT_FORMAT = "adder-sweep-checkpoint/1"
+PACK_FORMAT = "adder-sweep-pack/1"  # a packed trial's: every member (trainables/pack_loop.py)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -24,7 +25,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-REQUIRED_KEYS = ("format", "config", "model", "optimizer", "iter", "rng")
+REQUIRED_KEYS = {CHECKPOINT_FORMAT: ("format", "config", "model", "optimizer", "iter", "rng"),
+                 PACK_FORMAT: ("format", "configs", "model", "optimizer", "iter", "members", "schedulers")}
 
 
 def _unsafe_global(exc: Exception) -> str | None:
@@ -49,8 +51,9 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and check a checkpoint file, or the checkpoint inside a run/checkpoint directory.
+def load_checkpoint(path: str | os.PathLike, fmt: str = CHECKPOINT_FORMAT) -> dict:
+    """Load and check a checkpoint file of format ``fmt`` (a run's, or ``PACK_FORMAT``: a packed trial's), or the
+    checkpoint inside a run/checkpoint directory.
 
     A checkpoint is data, never code: it is read with ``weights_only=True``, so a file that would import or call
     anything beyond tensors and plain containers is refused before any of it runs. Every way a file can be wrong
@@ -71,27 +74,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as exc:  # truncated zip, not a torch file at all, ...
         raise CheckpointError(f"{path}: checkpoint is unreadable ({type(exc).__name__}: {first_line(exc)}); "
                               "it may be truncated -- resume from an earlier checkpoint or retrain") from None
-    check_checkpoint(state, path)
+    check_checkpoint(state, path, fmt)
     return state
 
 
-def check_checkpoint(state: Any, path: str | os.PathLike) -> None:
-    """Raise CheckpointError unless ``state`` is a checkpoint dict of the format this version reads."""
+def check_checkpoint(state: Any, path: str | os.PathLike, expected: str = CHECKPOINT_FORMAT) -> None:
+    """Raise CheckpointError unless ``state`` is a checkpoint dict of format ``expected``."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an adder-sweep checkpoint (it holds a {type(state).__name__}, not the "
-                              f"checkpoint dict of format {CHECKPOINT_FORMAT})")
+                              f"checkpoint dict of format {expected})")
     fmt = state.get("format")
     if fmt is None:
         keys = ", ".join(sorted(map(str, state))[:6]) or "none"
         raise CheckpointError(f"{path}: not an adder-sweep checkpoint (no 'format' key; its keys: {keys}); "
-                              f"this version reads format {CHECKPOINT_FORMAT}")
-    if fmt != CHECKPOINT_FORMAT:
+                              f"this version reads format {expected}")
+    if fmt in REQUIRED_KEYS and fmt != expected:
+        what = {CHECKPOINT_FORMAT: "a single run's", PACK_FORMAT: "a packed trial's (many members)"}
+        raise CheckpointError(f"{path}: {what[fmt]} checkpoint, where {what[expected]} was expected")
+    if fmt != expected:
         raise CheckpointError(f"{path}: checkpoint format {fmt!r}, but this version of adder-sweep reads "
-                              f"{CHECKPOINT_FORMAT!r}; use the adder-sweep version that wrote it")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+                              f"{expected!r}; use the adder-sweep version that wrote it")
+    missing = [k for k in REQUIRED_KEYS[fmt] if k not in state]
     if missing:
         raise CheckpointError(f"{path}: damaged checkpoint: missing {', '.join(missing)}")
-    if not isinstance(state["config"], dict) or not isinstance(state["model"], dict) \
+    config = state["config"] if fmt == CHECKPOINT_FORMAT else state["configs"]
+    if not isinstance(config, (dict, list)) or not isinstance(state["model"], dict) \
             or not isinstance(state["iter"], int):
         raise CheckpointError(f"{path}: damaged checkpoint: config, model or iter has the wrong type")
 

@@ -295,3 +295,16 @@ def coerce(value: Any, tp: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
     raise TypeError(f"expected a list of integers, got {value!r}")
+
+
+# What a packed step (trainables/pack_loop.py) needs every member to have in common: the shape of the model and of
+# a step, and the process-wide settings. Members differ in anything else (lr, seed, schedule and its knobs,
+# grad_clip, target, iters).
+PACK_SHARED = ("cell", "layers", "hidden", "embed", "kernel", "mode", "digits", "batch_size", "eval_size",
+               "eval_lengths", "eval_every", "device", "threads", "denormals", "deterministic", "dtype")
+
+
+def pack_key(config: TrainConfig) -> tuple:
+    """Configurations with equal keys can share a pack."""
+    flat = config.to_flat()
+    return tuple((k, tuple(flat[k]) if isinstance(flat[k], list) else flat[k]) for k in PACK_SHARED)

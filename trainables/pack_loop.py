@@ -20,25 +20,16 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .checkpoint import PACK_FORMAT
+from .config import PACK_SHARED, ConfigError, TrainConfig
+from .errors import CheckpointError, first_line
 from .data import eval_set, train_batch
 from .loop import digit_match, exact_match, prepare_device
 from .model import AdderNet
 from .packed import PackedAdam, PackedAdderNet, clip_member_grads, member_losses
 
-# What a batched step needs every member to have in common; members differ in anything else (lr, seed, schedule
-# and its knobs, grad_clip, target, iters).
-PACK_SHARED = ("cell", "layers", "hidden", "embed", "kernel", "mode", "digits", "batch_size", "eval_size",
-               "eval_lengths", "eval_every", "device", "threads", "denormals", "deterministic", "dtype")
-PACK_FORMAT = "adder-sweep-pack/1"
 
 PackReport = Callable[[dict[int, dict], Callable[[], dict]], None]
-
-
-def pack_key(config: TrainConfig) -> tuple:
-    """Members with equal keys can share a pack."""
-    flat = config.to_flat()
-    return tuple((k, tuple(flat[k]) if isinstance(flat[k], list) else flat[k]) for k in PACK_SHARED)
 
 
 def check_packable(configs: list[TrainConfig]) -> None:
@@ -197,8 +188,13 @@ class _Pack:
                 "iter": self.it, "elapsed": self.elapsed, "device": self.device.type}
 
     def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        check_pack_state(state, self.configs)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"damaged pack checkpoint: its weights do not fit the pack ({first_line(exc)})") \
+                from None
         for m, s, ms in zip(self.members, state["schedulers"], state["members"]):
             if m.scheduler is not None and s is not None:
                 m.scheduler.load_state_dict(s)
@@ -221,6 +217,21 @@ class _Pack:
         if ended and report is not None:
             report(ended, None)
         return out
+
+
+def check_pack_state(state: dict, configs: list[TrainConfig]) -> None:
+    """CheckpointError unless ``state`` is a checkpoint of this pack: the same members in the same order (their
+    budgets and threads may differ: a longer budget continues a member)."""
+    saved = state.get("configs")
+    if not isinstance(saved, list) or len(saved) != len(configs) or len(state.get("members") or []) != len(configs):
+        raise CheckpointError(f"the pack checkpoint holds {len(saved) if isinstance(saved, list) else 'no'} "
+                              f"members, the pack has {len(configs)}: it is another pack's")
+    for k, (old, c) in enumerate(zip(saved, configs)):
+        new = c.to_flat()
+        differ = sorted(key for key in new if key not in ("iters", "threads") and old.get(key) != new[key])
+        if differ:
+            raise CheckpointError(f"the pack checkpoint's member {k} trained with {differ[0]}={old.get(differ[0])!r}, "
+                                  f"the pack's has {new[differ[0]]!r}: it is another pack's")
 
 
 def train_pack(configs: list[TrainConfig], report: Optional[PackReport] = None, resume_from: Optional[dict] = None,

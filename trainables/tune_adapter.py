@@ -163,10 +163,21 @@ class OomMarker:
             pass  # without the marker the retry runs out of memory again: slower, not wrong
 
 
+def gpu_fields() -> dict:
+    """What a report says of GPUs: the ids Ray gave the trial (a fractional share: one id, shared) and the
+    devices its process sees -- none when it trains on the CPU (trainables.device.hide_accelerators)."""
+    return {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
-    """A Ray Tune function trainable around ``trainables.loop.train``."""
+    """A Ray Tune function trainable around ``trainables.loop.train`` -- or, for a trial whose config holds
+    ``_pack`` (the driver's packed trials), around ``trainables.pack_loop.train_pack`` (``run_pack``)."""
     from .checkpoint import CHECKPOINT_FILE, save_checkpoint
     from .loop import train
+
+    if config.get("_pack"):
+        return run_pack(config, checkpoint_every)
     # Ray logs every saved checkpoint at INFO from the worker; the live table already shows progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
@@ -184,9 +195,7 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     eval_every = cfg.run.eval_every
 
     def report(metrics: dict, make_checkpoint) -> None:
-        # the GPUs Ray gave this trial's process, as it sees them (a fractional share: one id, shared)
-        metrics = {**metrics, "node": node, "pid": os.getpid(),
-                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        metrics = {**metrics, "node": node, "pid": os.getpid(), **gpu_fields()}
         final = metrics["status"] != "running"
         # Checkpoint points depend on the iteration alone, so a resumed trial checkpoints where the original would.
         due = final or (metrics["iter"] // eval_every) % checkpoint_every == 0
@@ -205,3 +214,59 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     except GpuMemoryError as exc:
         oom.mark(str(exc))
         raise
+
+
+PACK_SCORES = {"exact_acc": max, "digit_acc": max, "loss": min}  # the pack's own value: its best member's
+
+
+def pack_members(config: dict) -> list[dict]:
+    """The training configs of a packed trial's members: the trial's config (the study's constants) with each
+    member's own values from ``_pack`` (JSON, a list of mappings) over it."""
+    import json
+
+    from .seeding import training_values
+
+    base = training_values(config)
+    return [training_values({**base, **m}) for m in json.loads(config["_pack"])]
+
+
+def run_pack(config: dict, checkpoint_every: int = 5) -> None:
+    """One Tune trial training the members of ``_pack`` as one batched model. Each report carries the members
+    that reported in this evaluation round under ``members`` (member index -> what a lone trial reports) and, for
+    Tune's metric and its live table, the best of their scores. A checkpoint (every member) is attached every
+    ``checkpoint_every`` rounds and at every round in which a member ended, so the last one holds each member as
+    it ended."""
+    from .checkpoint import CHECKPOINT_FILE, PACK_FORMAT, load_checkpoint, save_checkpoint
+    from .pack_loop import train_pack
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    resources = tune.get_context().get_trial_resources().required_resources
+    members = pack_members(config)
+    threads = trial_threads(members[0], resources.get("CPU", 1))
+    cfgs = [TrainConfig.from_flat({**m, "threads": threads}) for m in members]
+    checkpoint = tune.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(Path(d) / CHECKPOINT_FILE, PACK_FORMAT)
+    node = ray.get_runtime_context().get_node_id()
+    eval_every = cfgs[0].run.eval_every
+
+    def report(reports: dict, make_checkpoint) -> None:
+        gpus = gpu_fields()
+        got = {str(k): {**m, "node": node, "pid": os.getpid(), **gpus}
+               for k, m in reports.items()}
+        metrics = {"members": got, "iter": max(m["iter"] for m in reports.values()), "node": node,
+                   **{k: best(m[k] for m in reports.values()) for k, best in PACK_SCORES.items()}}
+        ended = any(m["status"] != "running" for m in reports.values())
+        due = ended or (metrics["iter"] // eval_every) % checkpoint_every == 0
+        if make_checkpoint is None or not due:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(make_checkpoint(), Path(tmp) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train_pack(cfgs, report=report, resume_from=state, gpus_assigned=len(ray.get_gpu_ids()),
+               gpu_share=resources.get("GPU"))

@@ -41,6 +41,7 @@ def register(sub) -> None:
     s.add_argument("--no-ship-code", dest="ship_code", action="store_false", default=None,
                    help="on a cluster, do not ship the project's code: every node has adder-sweep installed")
     _tracking_flag(s, "default: the file's tracking.mlflow, if any")
+    _pack_flag(s, "default: the file's pack, else 1")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted study (finished trials are not rerun)")
@@ -73,6 +74,7 @@ def register(sub) -> None:
     e.add_argument("--runtime-env", metavar="FILE|JSON", help="replace the runtime_env recorded with the study")
     e.add_argument("--force", action="store_true", help="take the study over from its recorded driver at once")
     _tracking_flag(e, "default: the server recorded with the study")
+    _pack_flag(e, "default: the study's")
     e.set_defaults(func=cmd_extend)
 
     st = sub.add_parser("status", help="list studies: trials by state, best metric, whether resumable")
@@ -95,6 +97,12 @@ def _tracking_flag(p: argparse.ArgumentParser, default: str) -> None:
                    f"it); needs adder-sweep[tracking]")
 
 
+def _pack_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--pack", type=int, metavar="K", help=f"train up to K configurations that share a model shape as "
+                   f"one batched model, one Ray trial (README, 'Packed trials'; {default}); FIFO, grid or random "
+                   f"search only")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..api import with_repeats
     from ..spec.describe import describe
@@ -113,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                    overrides=tuple(args.overrides), repeats=args.repeats, smoke=args.smoke,
                    max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                    gpus_per_trial=args.gpus_per_trial, runtime_env=args.runtime_env, ship_code=args.ship_code,
-                   mlflow=args.mlflow)
+                   mlflow=args.mlflow, pack=args.pack)
     return finish(result, "sweep", args.address)
 
 
@@ -132,7 +140,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
                     space_file=args.space_file, num_samples=args.num_samples, repeats=args.repeats,
                     dry_run=args.dry_run, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                     gpus_per_trial=args.gpus_per_trial, runtime_env=args.runtime_env, force=args.force,
-                    mlflow=args.mlflow)
+                    mlflow=args.mlflow, pack=args.pack)
     return EXIT_OK if not result.ran else finish(result, "extend", args.address)
 
 

@@ -156,7 +156,7 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
             break
         status = final.get(t["trial_id"], t["status"])
         trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
-        rows.append({
+        row = {
             "trial_id": t["trial_id"],
             "ray_status": status,
             "state": RAY_STATES.get(status, status.lower()),
@@ -167,12 +167,55 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
             "num_failures": rt.get("num_failures", 0),
             "error_file": rt.get("error_filename"),
             "generation": generation,
-        })
+        }
+        if not t["config"].get("_pack"):
+            rows.append(row)
+            continue
+        try:
+            rows += member_rows(row)
+        except (TypeError, ValueError, AttributeError) as exc:
+            problem = f"trial entry {i}: a packed trial whose member list is unreadable ({exc})"
+            break
     if problem:
         raise UserError(f"{where}: experiment state in a format this adder-sweep does not read ({problem}); it reads "
                         f"the state of Ray {tested_ray_range()} -- is the study from another Ray version, or is "
                         "the file damaged?")
     return rows
+
+
+def member_rows(row: dict) -> list[dict]:
+    """A packed trial's members as trials of their own, which is what the tables, status, reports and statistics
+    see: id ``<Tune trial id>-<member index>``, the pack's state, folder, failures and error, the member's own
+    config and last report; ``pack`` names the Tune trial, ``member`` the index."""
+    members = json.loads(row["tune_config"]["_pack"])
+    base = {k: v for k, v in row["tune_config"].items() if k not in ("_pack", "_members")}
+    last = row["last_result"]
+    out = []
+    for k, own in enumerate(members):
+        tune_config = {**base, **own}
+        mine = (last.get("members") or {}).get(str(k))
+        out.append({**row, "trial_id": f"{row['trial_id']}-{k}", "pack": row["trial_id"], "member": k,
+                    "config": training_values(tune_config), "tune_config": tune_config,
+                    "last_result": {**_pack_fields(last), **mine} if mine else {}})
+    return out
+
+
+def _pack_fields(report: dict) -> dict:
+    """What a packed trial's report holds for all its members: Tune's own keys (time_total_s, timestamp, ...)."""
+    return {k: v for k, v in report.items() if k not in ("members", "config")}
+
+
+def trial_reports(storage: Storage, name: str, trial: dict) -> list[dict[str, Any]]:
+    """Every report of one trial as load_trials gives it, in order: a member of a packed trial gets its own, each
+    with its pack's Tune keys."""
+    if not trial.get("dir"):
+        return []
+    reports = load_reports(storage, name, trial["dir"])
+    if trial.get("member") is None:
+        return reports
+    key = str(trial["member"])
+    return [{**_pack_fields(r), **r["members"][key]} for r in reports
+            if isinstance(r.get("members"), dict) and isinstance(r["members"].get(key), dict)]
 
 
 def _final_states(storage: Storage, name: str, state_path: str, gen_path: str = "") -> dict[str, str]:
@@ -275,7 +318,7 @@ def trials_schema(lengths: Iterable[int] = ()):
         ("node", pa.string()), ("hostname", pa.string()), ("device_ran", pa.string()), ("kernel_ran", pa.string()),
         ("error_file", pa.string()), ("trial_dir", pa.string()),
         ("config_id", pa.string()), ("generation", pa.int64()), ("first_generation", pa.int64()),
-        ("tune_trials", pa.string())]
+        ("tune_trials", pa.string()), ("pack", pa.string())]
     tail += [(c, pa.float64()) for c in length_columns(lengths, "final_")]
     return pa.schema([pa.field(n, t) for n, t in head] + config_fields() + [pa.field(n, t) for n, t in tail])
 
@@ -373,7 +416,7 @@ def _chain_reports(storage: Storage, name: str, chain: list[dict]) -> tuple[list
     """The logical trial's one curve (later reports of an iteration win) and its wall seconds over all segments."""
     reports, wall = [], None
     for t in chain:
-        seg = dedupe_reports(load_reports(storage, name, t["dir"])) if t["dir"] else []
+        seg = dedupe_reports(trial_reports(storage, name, t))
         if not seg and t["last_result"].get("iter") is not None:
             seg = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
         if seg and _num(seg[-1].get("time_total_s")) is not None:
@@ -425,7 +468,8 @@ def tables_from(name: str, per_trial: list, ids=None, meta: Optional[dict] = Non
             "hostname": last.get("hostname"), "device_ran": last.get("device"), "kernel_ran": last.get("kernel"),
             "error_file": t.get("error_file"), "trial_dir": t.get("dir"),
             "config_id": ids(config) if ids else None, "generation": t.get("generation", 0),
-            "first_generation": first.get("generation", 0), "tune_trials": ",".join(c["trial_id"] for c in chain),
+            "first_generation": first.get("generation", 0),
+            "tune_trials": ",".join(c.get("pack") or c["trial_id"] for c in chain), "pack": t.get("pack"),
             **{f"final_{c}": _num(last.get(c)) for c in extra},
         })
         trial_rows.append(row)

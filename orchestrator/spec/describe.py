@@ -35,4 +35,10 @@ def describe(spec: StudySpec) -> str:
                  f"{'s' if spec.num_samples != 1 else ''} x {len(reps)} seed{'s' if len(reps) != 1 else ''}"
                  f" {reps if len(reps) <= 8 else f'[{reps[0]}..{reps[-1]}]'}; replicates of a configuration share "
                  "its sampled values)")
+    if spec.pack > 1:
+        from .plan import pack_groups, plan
+
+        groups = pack_groups([t.config for t in plan(spec)], spec.pack)
+        lines.append(f"  packed: {len(groups)} Ray trial{'s' if len(groups) != 1 else ''} of up to {spec.pack} "
+                     f"members each (sizes {', '.join(map(str, sorted({len(g) for g in groups}, reverse=True)))})")
     return "\n".join(lines)

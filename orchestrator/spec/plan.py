@@ -141,6 +141,25 @@ def plan(spec: StudySpec, history: Sequence[StudySpec] = ()) -> list[PlannedTria
     return out
 
 
+def pack_groups(configs: Sequence[dict], size: int) -> list[list[int]]:
+    """The indices of ``configs`` (trial configs: space keys, seed, driver keys) in packs of up to ``size`` that
+    can train as one batched model -- equal in trainables.config.PACK_SHARED -- in order: each trial joins the
+    newest pack of its kind until that one is full."""
+    from trainables.config import TrainConfig, pack_key
+    from trainables.seeding import training_values
+
+    open_packs: dict[tuple, list[int]] = {}
+    out: list[list[int]] = []
+    for i, config in enumerate(configs):
+        key = pack_key(TrainConfig.from_flat(training_values(config)))
+        group = open_packs.get(key)
+        if group is None or len(group) >= size:
+            group = open_packs[key] = []
+            out.append(group)
+        group.append(i)
+    return out
+
+
 def num_trials(spec: StudySpec) -> int:
     if spec.search["type"] == "optuna":
         return spec.num_samples * len(seeds(spec))

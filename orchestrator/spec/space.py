@@ -37,7 +37,7 @@ SCHEDULER_KNOBS: dict[str, dict[str, type]] = {
 PERTURBABLE = ("lr", "grad_clip")
 SEARCHERS = ("grid", "random", "optuna")
 STUDY_KEYS = ("name", "description", "metric", "mode", "num_samples", "repeats", "stop", "scheduler", "search",
-              "resources", "max_concurrent", "checkpoint_every", "max_failures", "tracking", "space")
+              "resources", "max_concurrent", "checkpoint_every", "max_failures", "tracking", "pack", "space")
 TRACKERS = ("mlflow",)  # tracking: {mlflow: URI} (orchestrator/tune/tracking.py)
 SMOKE = {"iters": 40, "eval_every": 20, "eval_size": 200, "batch_size": 32}
 SMOKE_GRID_POINTS = 4
@@ -85,6 +85,7 @@ class StudySpec:
     checkpoint_every: int = 5
     max_failures: int = 1
     tracking: dict[str, str] = field(default_factory=dict)  # {"mlflow": URI}, or empty: not tracked
+    pack: int = 1  # members per packed trial (trainables/pack_loop.py); 1: every trial alone
     source: str = ""
 
     # -- derived -----------------------------------------------------------------------------------------
@@ -110,6 +111,8 @@ class StudySpec:
         """What must not change on resume: the space and the study's search and stopping rules (the tracking
         server may: it is where runs are copied to, not part of the experiment)."""
         keep = {k: v for k, v in self.to_json().items() if k not in ("description", "source", "name", "tracking")}
+        if keep["pack"] == 1:  # as studies recorded before packs existed
+            del keep["pack"]
         return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 
     def smoke(self) -> "StudySpec":
@@ -149,6 +152,16 @@ class StudySpec:
         return StudySpec(**{**self.__dict__, "resources": res,
                             "max_concurrent": max_concurrent if max_concurrent is not None else self.max_concurrent})
 
+    def with_pack(self, pack: Optional[int]) -> "StudySpec":
+        """The study with ``--pack K`` members per packed trial (None keeps its own); UserError if the study's
+        scheduler, searcher or stop rules cannot work on members of a pack."""
+        if pack is None:
+            return self
+        problem = pack_problem(pack, self.scheduler, self.search, self.stop, self.tracking)
+        if problem:
+            raise UserError(f"--pack {pack}: {problem}")
+        return StudySpec(**{**self.__dict__, "pack": pack})
+
     def with_tracking(self, mlflow: Optional[str]) -> "StudySpec":
         """The study tracked on the MLflow server at ``mlflow`` (``off``: not tracked); None keeps its own."""
         if mlflow is None:
@@ -157,6 +170,9 @@ class StudySpec:
             raise UserError("--mlflow '': give the tracking server's URI, e.g. --mlflow http://127.0.0.1:5000, "
                             "or --mlflow off")
         tracking = {} if mlflow.strip() == "off" else {"mlflow": mlflow.strip()}
+        problem = pack_problem(self.pack, self.scheduler, self.search, self.stop, tracking)
+        if problem:
+            raise UserError(f"--mlflow {mlflow}: pack: {self.pack}: {problem}")
         return StudySpec(**{**self.__dict__, "tracking": tracking})
 
 
@@ -282,6 +298,10 @@ def _validate(raw: dict, source: str, default_name: str) -> StudySpec:
     device = device_problem(space, resources)
     if device:
         p.bad("space.device", device)
+    keys["pack"] = p.get("pack", int, 1, _at_least(1))
+    problem = pack_problem(keys["pack"], keys["scheduler"], keys["search"], keys["stop"], keys["tracking"])
+    if problem:
+        p.bad("pack", problem)
     if keys["repeats"] > 1 and isinstance(space.get("seed"), Dist):
         p.bad("repeats", f"repeats: {keys['repeats']} and a seed {space['seed'].kind} both set the replicate seeds; "
                          "keep one (repeats: N runs seeds s..s+N-1 from space.seed, 0 unless set)")
@@ -459,6 +479,29 @@ def device_problem(space: dict, resources: dict) -> Optional[str]:
     if gpu_only and resources.get("gpu", 0) == 0:
         return (f"{' and '.join(gpu_only)} needs a GPU share, but resources.gpu is 0 (trials would share GPU 0 "
                 f"without Ray counting them); set resources.gpu (or --gpus-per-trial), or use device auto or cpu")
+    return None
+
+
+def pack_problem(pack: int, scheduler: dict, search: dict, stop: dict, tracking: dict) -> Optional[str]:
+    """Why a study cannot train its trials in packs of ``pack``, or None. Schedulers, searchers and stop rules
+    decide per Tune trial, and a pack is one Tune trial of many members: ASHA would stop a whole pack for its
+    worst member's curve, Optuna learns from one number per trial, a stop rule ends every member when one meets
+    it."""
+    if pack < 1:
+        return f"must be >= 1, got {pack}"
+    if pack == 1:
+        return None
+    if scheduler["type"] != "fifo":
+        return (f"the {scheduler['type']} scheduler decides per Tune trial and a pack of {pack} is one trial of "
+                f"{pack} configurations, so it would stop or copy them together; use pack: 1, or scheduler: fifo")
+    if search["type"] == "optuna":
+        return ("optuna learns from one result per Tune trial and a pack is one trial of many configurations; "
+                "use pack: 1, or search: grid or random")
+    if stop:
+        return (f"a stop rule ({', '.join(sorted(stop))}) ends a whole Tune trial, i.e. every member of a pack "
+                "when one meets it; give members their own end with space.iters and space.target, or pack: 1")
+    if tracking:
+        return "MLflow tracking logs one run per Tune trial, not per member of a pack; use pack: 1, or no tracking"
     return None
 
 

@@ -23,6 +23,8 @@ import os
 import sys
 import threading
 import time
+from typing import Optional
+
 from ray.tune import CLIReporter
 from ray.tune.callback import Callback
 from ray.tune.logger import CSVLoggerCallback, TBXLoggerCallback
@@ -57,9 +59,14 @@ class StudyReporter(CLIReporter):
 
 def live_columns(spec) -> tuple[list[str], list[str]]:
     """The live table's (parameter, metric) columns: the study's swept keys, the seed when it has replicates,
-    and the iteration, the loss and the study's metric."""
+    and the iteration, the loss and the study's metric (of a packed trial: its best member's)."""
     from ..spec.plan import seeds
 
+    if spec.pack > 1:  # a row per packed trial: the keys its members share, and how many there are
+        from trainables.config import PACK_SHARED
+
+        return [k for k in spec.swept_keys() if k in PACK_SHARED] + ["_members"], \
+            ["iter", "loss"] + ([spec.metric] if spec.metric != "loss" else [])
     params = [k for k in spec.swept_keys() if k != "seed"]
     if "seed" in spec.swept_keys() or len(seeds(spec)) > 1 or not params:
         params.append("seed")  # (and never an empty list: Ray would show every key of the config)
@@ -172,32 +179,61 @@ class LivePage(Callback):
         self._writer: threading.Thread | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "trials": {}, "_last": 0.0, "_cost": 0.0, "_writer": None}  # Tune keeps results
+        return {**self.__dict__, "trials": {}, "_last": 0.0, "_cost": 0.0, "_writer": None,  # Tune keeps results
+                "_member_configs": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"_cost": 0.0, **state})
 
-    def _entry(self, trial) -> dict:
+    def _entries(self, trial) -> list[tuple[Optional[str], dict]]:
+        """The trial's entries, one per logical trial: itself, or each member of a packed trial (with its index
+        as its reports name it)."""
         from ..results.tables import training_values
 
-        e = self.trials.setdefault(trial.trial_id, {"reports": [], "state": "pending"})
-        e["config"] = training_values(trial.config)
-        return e
+        if not trial.config.get("_pack"):
+            e = self.trials.setdefault(trial.trial_id, {"reports": [], "state": "pending"})
+            e["config"] = training_values(trial.config)
+            return [(None, e)]
+        out = []
+        for k, config in enumerate(self._members(trial)):
+            e = self.trials.setdefault(f"{trial.trial_id}-{k}", {"reports": [], "state": "pending"})
+            e["config"] = config
+            out.append((str(k), e))
+        return out
+
+    def _members(self, trial) -> list[dict]:
+        from trainables.tune_adapter import pack_members
+
+        cache = self.__dict__.setdefault("_member_configs", {})
+        if trial.trial_id not in cache:
+            cache[trial.trial_id] = pack_members(trial.config)
+        return cache[trial.trial_id]
+
+    def _set_state(self, trial, state: str) -> None:
+        for _, e in self._entries(trial):
+            e["state"] = state
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._entry(trial)["state"] = "running"
+        self._set_state(trial, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        report = {k: v for k, v in result.items() if k in LIVE_KEYS or k.startswith(("exact_acc@", "digit_acc@"))}
-        self._entry(trial)["reports"].append(report)
+        def keep(r: dict) -> dict:
+            return {k: v for k, v in r.items() if k in LIVE_KEYS or k.startswith(("exact_acc@", "digit_acc@"))}
+
+        members = result.get("members") or {}
+        for key, e in self._entries(trial):
+            if key is None:
+                e["reports"].append(keep(result))
+            elif isinstance(members.get(key), dict):
+                e["reports"].append(keep({**result, **members[key]}))
         self._maybe_write(force=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._entry(trial)["state"] = "terminated"
+        self._set_state(trial, "terminated")
         self._maybe_write(force=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._entry(trial)["state"] = "errored"
+        self._set_state(trial, "errored")
         self._maybe_write(force=False)
 
     def on_experiment_end(self, trials, **info):

@@ -130,7 +130,7 @@ def _last_checkpoint(storage: Storage, name: str, trial_dir: str) -> Optional[st
 
 def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) -> ExtensionPlan:
     """Match the new study's trials against the ones that ran: reused, continued, new."""
-    from ..results.tables import dedupe_reports, load_reports, load_trials, logical_trials
+    from ..results.tables import dedupe_reports, load_trials, logical_trials, trial_reports
 
     trials = load_trials(storage, name)
     chains = logical_trials(trials)
@@ -159,9 +159,13 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
             continue
         last = chain[-1]
         values = last["config"]
-        reports = dedupe_reports(load_reports(storage, name, last["dir"])) if last["dir"] else []
+        reports = dedupe_reports(trial_reports(storage, name, last))
         status = (reports[-1] if reports else last["last_result"]).get("status")
         if status == "budget" and isinstance(new_iters, int) and new_iters > int(values.get("iters", 0)):
+            if last.get("pack"):
+                raise UserError(f"trial {chain[0]['trial_id']} ended on its budget as a member of packed trial "
+                                f"{last['pack']}, and this version cannot yet continue a member of a pack to a "
+                                f"larger iters; keep iters and add configurations or seeds, or {NEW_STUDY}")
             ckpt = _last_checkpoint(storage, name, last["dir"])
             if ckpt is None:
                 raise UserError(f"trial {chain[0]['trial_id']} ended on its budget but has no checkpoint in "
@@ -211,7 +215,7 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
            space_file: Optional[str] = None, num_samples: Optional[int] = None, repeats: Optional[int] = None,
            dry_run: bool = False,
            runtime_env: Optional[dict] = None, force: bool = False, stopper=None, max_concurrent=None, cpus=None,
-           gpus=None, mlflow: Optional[str] = None):
+           gpus=None, mlflow: Optional[str] = None, pack: Optional[int] = None):
     """Check, plan and run an extension; returns (Outcome, its ExtensionPlan), the Outcome None when there is
     nothing to run (or a dry run).
     Tracking: ``mlflow`` if given (``off``: none), else the edited file's if it names a server, else the study's."""
@@ -234,7 +238,8 @@ def extend(name_or_path: str, *, storage_root: str, address: Optional[str], over
     new = StudySpec(**{**new.__dict__, "name": old.name, "description": new.description or old.description,
                        "resources": old.resources, "max_concurrent": old.max_concurrent,
                        "tracking": new.tracking or old.tracking})
-    new = new.with_overrides(max_concurrent=max_concurrent, cpus=cpus, gpus=gpus).with_tracking(mlflow)
+    new = new.with_overrides(max_concurrent=max_concurrent, cpus=cpus, gpus=gpus).with_tracking(mlflow) \
+        .with_pack(pack)
     problems = compatibility(old, new) + _budget_problems(old, new)
     if problems:
         raise UserError(f"cannot extend {name!r}: " + "; ".join(f"{k}: {m}" for k, m in problems))

@@ -187,6 +187,25 @@ def tune_points(planned) -> list[dict]:
     return [dict(p.config) for p in planned]
 
 
+PACK_KEYS = {"_pack": "", "_members": 0}  # a packed trial's Tune config: its members (JSON), and how many
+
+
+def pack_points(points: list[dict], size: int) -> list[dict]:
+    """Trials' points as the points of packed trials (spec ``pack``): grouped by what a batched step shares
+    (orchestrator/spec/plan.py ``pack_groups``), each pack one point -- its members' own keys in ``_pack``, the
+    keys they share at the top, where the live table and Tune see them."""
+    from trainables.config import PACK_SHARED
+
+    from ..spec.plan import pack_groups
+
+    out = []
+    for group in pack_groups(points, size):
+        members = [points[i] for i in group]
+        shared = {k: members[0][k] for k in PACK_SHARED if k in members[0]}
+        out.append({**shared, "_pack": json.dumps(members), "_members": len(members)})
+    return out
+
+
 def trial_callbacks(spec: StudySpec, name: str, storage: Storage, generation: int = 0) -> list:
     """The driver's Tune callbacks (orchestrator/tune/callbacks.py): complete HParams records in TensorBoard, the
     study page kept current while trials run, and -- except under PBT, where a donor's checkpoint must outlive the
@@ -252,6 +271,8 @@ def build_tuner(spec: StudySpec, name: str, storage: Storage, *, points: Optiona
         # every key as a constant: points may only name keys of the param space, and set all of them
         space = {**TrainConfig().to_flat(), **{k: v for k, v in spec.space.items() if not isinstance(v, Dist)},
                  "_continues": ""}
+        if spec.pack > 1:
+            points, space = pack_points(points, spec.pack), {**space, **PACK_KEYS}
         searcher = BasicVariantGenerator(points_to_evaluate=points)
         num_samples = len(points)
     tune_config = TuneConfig(
