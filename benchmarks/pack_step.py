@@ -3,8 +3,8 @@ single steps of the same members (AdderNet, torch.optim.Adam), at 1 torch thread
 
 Measured side by side: for each cell, hidden size and K, rounds alternate the K single steps and the packed step
 (same batches, same members) and the medians give the speed-up K x single / packed. Only the step: data, forward,
-loss, backward, clipping, Adam -- not evaluation, not Ray. A study that packs its trials does not exist yet (issue
-23), so this says what the batched maths buys, not what a packed study will.
+loss, backward, clipping, Adam -- not evaluation, not Ray: what the batched maths buys. What a packed study
+buys as a whole (a Ray trial, evaluation and reports per pack instead of per trial) is benchmarks/pack_study.py.
 
     python benchmarks/pack_step.py [--quick] [--json out.json]
 

@@ -34,12 +34,14 @@ import torch  # noqa: E402
 import analysis_bench  # noqa: E402
 import gpu as gpu_bench  # noqa: E402
 import pack_step  # noqa: E402
+import pack_study  # noqa: E402
 import scale  # noqa: E402
 import step  # noqa: E402
 import sweep_bench as sb  # noqa: E402
 from common import CoreShare, machine_info, machine_markdown, markdown_table, usable_cores  # noqa: E402
 
-SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis", "packed", "scale")
+SECTIONS = ("step", "threads", "startup", "overhead", "schedulers", "gpu", "memory", "analysis", "packed",
+            "pack_study", "scale")
 BUSY = 0.25  # other processes' cores above which a section is flagged as contended
 UNSTEADY = 0.5  # spread of the rounds ((max - min) / median) above which a timing cannot decide a target
 
@@ -69,6 +71,8 @@ def run_sections(names: list[str], quick: bool, repeats: int, workdir: Path) -> 
         "analysis": lambda: {"startup": analysis_bench.startup(3 if quick else 7),
                              "load": analysis_bench.load(200 if quick else 1000)},
         "packed": lambda: pack_step.run(quick),
+        "pack_study": lambda: pack_study.run(pack_study.QUICK_TRIALS if quick else pack_study.TRIALS,
+                                             workdir / "pack_study", cores),
         "scale": lambda: scale.run(scale.QUICK_TRIALS if quick else scale.TRIALS, workdir / "scale"),
     }
     for name in names:
@@ -233,6 +237,15 @@ def targets(results: dict, quick: bool) -> list[dict]:
         add(f"load_study of {ld['trials']} trials < {analysis_bench.T_LOAD_S:g} s",
             f"{ld['from_files_s']:.2f} s from the trial files, {ld['from_tables_s']:.2f} s from the tables",
             max(ld["from_files_s"], ld["from_tables_s"]) < analysis_bench.T_LOAD_S, "")
+    ps = results.get("pack_study", {})
+    if "rows" in ps:
+        best = max(ps["rows"][1:], key=lambda r: r["vs_raw"])
+        add(f"{ps['trials']} tiny trials >= {pack_study.T_VS_RAW:g}x faster than raw Ray Tune with reuse_actors",
+            f"{best['vs_raw']:.2f}x at pack {best['pack']} ({best['wall_s']:.0f} s against "
+            f"{ps['rows'][0]['wall_s']:.0f} s)", best["vs_raw"] >= pack_study.T_VS_RAW,
+            "per-pack cost (a Ray trial, its evaluation rounds, one report line holding every member) is paid "
+            "once per pack, but the members' steps are not faster than single steps at this size on a CPU "
+            "(the packed section)")
     sc = results.get("scale", {})
     if "wall_s" in sc:
         for target, measured, met, reason in scale.targets(sc):
@@ -392,6 +405,8 @@ RENDER = {"step": ("Step throughput, machine limit, MFU", md_step), "threads": (
           "memory": ("Memory", md_memory), "analysis": ("Reading studies: start-up and loading", md_analysis),
           "packed": ("Packed members: one batched step against K single steps (benchmarks/pack_step.py)",
                      pack_step.markdown),
+          "pack_study": ("Packed study: many tiny trials at pack 1, 16, 64 against raw Ray Tune "
+                         "(benchmarks/pack_study.py)", pack_study.markdown),
           "scale": ("Scale: one study of many tiny trials (benchmarks/scale.py)", scale.markdown)}
 
 TARGET_COLUMNS = [("target", "target", ""), ("measured", "measured", ""), ("met", "met", ""), ("reason", "reason", "")]

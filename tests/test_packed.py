@@ -175,3 +175,28 @@ def test_members_that_do_not_share_a_step_are_refused():
     with pytest.raises(ConfigError, match="cell: member 1 has 'gru', member 0 'rnn'") as exc:
         check_packable([a, b])
     assert "digits" in str(exc.value)
+
+
+def test_members_continued_to_a_larger_budget_equal_a_pack_run_to_it_from_the_start():
+    """A pack's last checkpoint, resumed with larger budgets for the members that ended on theirs (what `extend`
+    does), goes on exactly as a pack given those budgets from the start: each member from its own iteration (45
+    and 60 here), the solved member frozen."""
+    short = [{**SHARED, "cell": "gru", **v} for v in VARIED[:4]]
+    last = {}
+    train_pack([TrainConfig.from_flat(c) for c in short], report=lambda r, c: last.update(state=c()))
+    longer = [{**c, "iters": c["iters"] + 30} if c.get("target") is None else c for c in short]
+    got, want = {k: [] for k in range(4)}, {k: [] for k in range(4)}
+
+    def collect(into):
+        return lambda reports, checkpoint: [into[k].append(m) for k, m in reports.items()]
+
+    train_pack([TrainConfig.from_flat(c) for c in longer], report=collect(got), resume_from=last["state"])
+    train_pack([TrainConfig.from_flat(c) for c in longer], report=collect(want))
+    for k in range(4):
+        tail = [r for r in want[k] if r["iter"] > short[k]["iters"]]
+        assert [(r["iter"], r["exact_acc"], r["digit_acc"], r["status"]) for r in got[k]] == \
+            [(r["iter"], r["exact_acc"], r["digit_acc"], r["status"]) for r in tail], k
+        # a report's loss is the mean since the previous one: equal once the window starts after the old budget
+        full = lambda rs: [r["loss"] for r in rs if r["iter"] - SHARED["eval_every"] >= short[k]["iters"]]  # noqa
+        assert full(got[k]) == full(tail), k
+    assert [r["iter"] for r in got[1]] == [50, 60, 70, 75] and got[3] == []  # 45 + 30; the solved one stays

@@ -120,8 +120,10 @@ def test_what_decides_per_tune_trial_is_refused_with_packs(tmp_path):
     assert not (tmp_path / "res").exists()
 
 
-def test_extending_a_packed_study_packs_the_new_seeds_and_refuses_to_continue_members(ray_local, tmp_path):
-    from orchestrator import UserError, extend
+def test_extending_a_packed_study_packs_new_seeds_and_continues_members_bit_identically(ray_local, tmp_path):
+    """More seeds make new packs; a larger iters continues every pack from its last checkpoint, and each member's
+    curve then equals the same packed study run to the larger budget from the start."""
+    from orchestrator import extend
 
     text = SPACE.replace("repeats: 2\n", "").replace("lr: {grid: [0.001, 0.01, 0.05]}", "lr: {grid: [0.01, 0.05]}")
     run_study(write_space(tmp_path / "p.yaml", text), tmp_path / "res", "p")  # 4 trials, one pack per cell
@@ -129,5 +131,12 @@ def test_extending_a_packed_study_packs_the_new_seeds_and_refuses_to_continue_me
     assert r.states == {"TERMINATED": 8} and len(r.extension.new) == 4  # the new seeds: one more pack per cell
     study = load_study("p", str(tmp_path / "res"))
     assert len(study.trials) == 8 and study.trials.pack.nunique() == 4 and set(study.trials.outcome) == {"budget"}
-    with pytest.raises(UserError, match="cannot yet continue a member of a pack to a larger iters"):
-        extend("p", storage=str(tmp_path / "res"), overrides=("iters=80",))
+    r = extend("p", storage=str(tmp_path / "res"), overrides=("iters=100",))
+    assert len(r.extension.continued) == 8 and len(r.extension.packs) == 4 and r.ok
+    run_study(write_space(tmp_path / "long.yaml", text.replace("iters: 60", "iters: 100") + "repeats: 2\n"),
+              tmp_path / "ref", "p")
+    got, want = _curves(load_study("p", str(tmp_path / "res"))), _curves(load_study("p", str(tmp_path / "ref")))
+    assert list(got.index) == list(want.index) and len(got) == 8 * 5
+    assert got[["loss", "exact_acc", "digit_acc", "lr"]].equals(want[["loss", "exact_acc", "digit_acc", "lr"]])
+    trials = _by_config(load_study("p", str(tmp_path / "res")))
+    assert len(trials) == 8 and set(trials.generation) == {2} and set(trials.iters_run) == {100}

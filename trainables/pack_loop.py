@@ -86,16 +86,18 @@ class _Pack:
         d = configs[0].data
         self.lengths = [d.digits] + [L for L in d.eval_lengths if L != d.digits]
         self.sets = {L: [eval_set(d.mode, L, d.eval_size, c.run.seed, device) for c in configs] for L in self.lengths}
-        self.it, self.elapsed = 0, 0.0
+        # each member's own iteration: members continued from an earlier study generation start where they ended
+        self.its = [0] * len(configs)
+        self.it, self.elapsed = 0, 0.0  # the pack's steps
 
     def active(self) -> torch.Tensor:
-        return torch.tensor([m.status == "running" and self.it < m.config.run.iters for m in self.members],
+        return torch.tensor([m.status == "running" and it < m.config.run.iters for m, it in zip(self.members, self.its)],
                             device=self.device)
 
     def step(self, active: torch.Tensor) -> torch.Tensor:
         d = self.configs[0].data
-        batches = [train_batch(d.mode, d.digits, d.batch_size, c.run.seed, self.it, self.device)
-                   for c in self.configs]
+        batches = [train_batch(d.mode, d.digits, d.batch_size, c.run.seed, it, self.device)
+                   for c, it in zip(self.configs, self.its)]
         a, b = torch.stack([x.a for x in batches]), torch.stack([x.b for x in batches])
         losses = member_losses(self.model(a, b), torch.stack([x.target for x in batches]))
         self.optimizer.zero_grad()
@@ -104,6 +106,7 @@ class _Pack:
         clip_member_grads(self.model, self.clip)
         self.optimizer.step(active)
         self.it += 1
+        self.its = [it + int(on) for it, on in zip(self.its, active.tolist())]
         return losses.detach()
 
     @torch.no_grad()
@@ -131,10 +134,10 @@ class _Pack:
             n = int(window_n[k])
             mean_loss = (window[k] / max(n, 1)).item()
             if not math.isfinite(mean_loss):
-                m.status, m.ended_at = "diverged", self.it
+                m.status, m.ended_at = "diverged", self.its[k]
                 continue
             lr = self.optimizer.lr[k].item()
-            metrics = {"iter": self.it, "loss": mean_loss, "exact_acc": acc[d.digits][k][0],
+            metrics = {"iter": self.its[k], "loss": mean_loss, "exact_acc": acc[d.digits][k][0],
                        "digit_acc": acc[d.digits][k][1], "lr": lr,
                        "samples_per_s": n * d.batch_size / max(now - t0, 1e-9), "time_s": self.elapsed,
                        "device": self.device.type, "kernel": "packed", "member": k}
@@ -146,8 +149,8 @@ class _Pack:
                 m.best[key] = max(m.best.get(key, 0.0), metrics[key])
             m.best["loss"] = min(m.best.get("loss", math.inf), mean_loss)
             if metrics["exact_acc"] >= r.target:
-                m.status, m.iters_to_solve = "solved", self.it
-            elif self.it >= r.iters:
+                m.status, m.iters_to_solve = "solved", self.its[k]
+            elif self.its[k] >= r.iters:
                 m.status = "budget"
             metrics["status"], metrics["iters_to_solve"] = m.status, m.iters_to_solve
             out[k] = metrics
@@ -166,7 +169,7 @@ class _Pack:
             window += torch.where(active, losses, torch.zeros_like(window))
             window_n += active.to(torch.int64)
             due = [i for i, m in enumerate(self.members) if bool(active[i]) and
-                   (self.it % m.config.run.eval_every == 0 or self.it >= m.config.run.iters)]
+                   (self.its[i] % m.config.run.eval_every == 0 or self.its[i] >= m.config.run.iters)]
             if not due:
                 continue
             reports = self.report_round(due, window, window_n, t0)
@@ -185,7 +188,7 @@ class _Pack:
                 "schedulers": [m.scheduler.state_dict() if m.scheduler is not None else None for m in self.members],
                 "members": [{"status": m.status, "iters_to_solve": m.iters_to_solve, "best": m.best, "last": m.last,
                              "ended_at": m.ended_at} for m in self.members],
-                "iter": self.it, "elapsed": self.elapsed, "device": self.device.type}
+                "iter": self.it, "its": list(self.its), "elapsed": self.elapsed, "device": self.device.type}
 
     def restore(self, state: dict) -> None:
         check_pack_state(state, self.configs)
@@ -201,6 +204,10 @@ class _Pack:
             m.status, m.iters_to_solve, m.best, m.last = ms["status"], ms["iters_to_solve"], ms["best"], ms["last"]
             m.ended_at = ms.get("ended_at")
         self.it, self.elapsed = int(state["iter"]), float(state["elapsed"])
+        self.its = [int(i) for i in state.get("its") or [self.it] * len(self.members)]
+        for m, it in zip(self.members, self.its):
+            if m.status == "budget" and it < m.config.run.iters:  # continued to a larger budget
+                m.status = "running"
 
     def summaries(self, report: Optional[PackReport]) -> list[dict]:
         out, ended = [], {}
@@ -211,7 +218,7 @@ class _Pack:
                               "lr": self.optimizer.lr[k].item(), "samples_per_s": 0.0, "time_s": self.elapsed}
                 ended[k] = {**m.last, "iter": m.ended_at, "status": "diverged", "iters_to_solve": m.iters_to_solve,
                             "member": k}
-            iters = m.ended_at if m.status == "diverged" else m.last.get("iter", self.it)
+            iters = m.ended_at if m.status == "diverged" else m.last.get("iter", self.its[k])
             out.append({"status": m.status, "iters": iters, "iters_to_solve": m.iters_to_solve, "final": m.last,
                         "best": m.best, "wall_s": self.elapsed, "device": str(self.device), "kernel": "packed"})
         if ended and report is not None:

@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import ray
 from ray import tune
@@ -26,16 +27,18 @@ def trial_threads(config: dict, cpus: float) -> int:
     return int(config.get("threads") or max(1, int(cpus)))
 
 
-def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
+def load_trial_checkpoint(checkpoint: tune.Checkpoint, fmt: Optional[str] = None) -> dict:
     """The trial's latest readable checkpoint: if the newest is damaged (a truncated file), fall back to the
-    earlier ones Ray kept beside it; resuming from an earlier iteration replays the same batches."""
+    earlier ones Ray kept beside it; resuming from an earlier iteration replays the same batches. ``fmt``: the
+    checkpoint format (default: a single run's)."""
     import pyarrow.fs as pafs
 
-    from .checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+    from .checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
+    fmt = fmt or CHECKPOINT_FORMAT
     try:
         with checkpoint.as_directory() as d:
-            return load_checkpoint(Path(d) / CHECKPOINT_FILE)
+            return load_checkpoint(Path(d) / CHECKPOINT_FILE, fmt)
     except CheckpointError as exc:
         error = exc
     parent, _, newest = checkpoint.path.rstrip("/").rpartition("/")
@@ -45,7 +48,7 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     for path in earlier:
         try:
             with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
-                state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+                state = load_checkpoint(Path(d) / CHECKPOINT_FILE, fmt)
         except CheckpointError:
             continue
         logging.getLogger(__name__).warning("%s; resuming from the earlier %s (iteration %d)", error, path, state["iter"])
@@ -231,12 +234,13 @@ def pack_members(config: dict) -> list[dict]:
 
 
 def run_pack(config: dict, checkpoint_every: int = 5) -> None:
-    """One Tune trial training the members of ``_pack`` as one batched model. Each report carries the members
+    """One Tune trial training the members of ``_pack`` as one batched model (continuing the pack checkpoint
+    that ``_continues`` names, if it has no checkpoint of its own: members continued to a larger budget). Each report carries the members
     that reported in this evaluation round under ``members`` (member index -> what a lone trial reports) and, for
     Tune's metric and its live table, the best of their scores. A checkpoint (every member) is attached every
     ``checkpoint_every`` rounds and at every round in which a member ended, so the last one holds each member as
     it ended."""
-    from .checkpoint import CHECKPOINT_FILE, PACK_FORMAT, load_checkpoint, save_checkpoint
+    from .checkpoint import CHECKPOINT_FILE, PACK_FORMAT, save_checkpoint
     from .pack_loop import train_pack
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -246,10 +250,10 @@ def run_pack(config: dict, checkpoint_every: int = 5) -> None:
     threads = trial_threads(members[0], resources.get("CPU", 1))
     cfgs = [TrainConfig.from_flat({**m, "threads": threads}) for m in members]
     checkpoint = tune.get_checkpoint()
-    state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / CHECKPOINT_FILE, PACK_FORMAT)
+    _, continues = training_config(config)
+    if checkpoint is None and continues:  # a pack continued by `extend`: its predecessor's last checkpoint
+        checkpoint = checkpoint_at(continues["checkpoint"])
+    state = load_trial_checkpoint(checkpoint, PACK_FORMAT) if checkpoint is not None else None
     node = ray.get_runtime_context().get_node_id()
     eval_every = cfgs[0].run.eval_every
 

@@ -186,17 +186,20 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
 def member_rows(row: dict) -> list[dict]:
     """A packed trial's members as trials of their own, which is what the tables, status, reports and statistics
     see: id ``<Tune trial id>-<member index>``, the pack's state, folder, failures and error, the member's own
-    config and last report; ``pack`` names the Tune trial, ``member`` the index."""
+    config and last report; ``pack`` names the Tune trial, ``member`` the index, ``pack_config`` holds the Tune
+    trial's config (shared by its members, not copied)."""
     members = json.loads(row["tune_config"]["_pack"])
     base = {k: v for k, v in row["tune_config"].items() if k not in ("_pack", "_members")}
     last = row["last_result"]
     out = []
     for k, own in enumerate(members):
+        if own.get("_frozen"):  # carried in a pack continued by `extend`, but not trained there: not its trial
+            continue
         tune_config = {**base, **own}
         mine = (last.get("members") or {}).get(str(k))
         out.append({**row, "trial_id": f"{row['trial_id']}-{k}", "pack": row["trial_id"], "member": k,
                     "config": training_values(tune_config), "tune_config": tune_config,
-                    "last_result": {**_pack_fields(last), **mine} if mine else {}})
+                    "pack_config": row["tune_config"], "last_result": {**_pack_fields(last), **mine} if mine else {}})
     return out
 
 

@@ -37,9 +37,14 @@ class ExtensionPlan:
     new: list = field(default_factory=list)  # points of new trials
     notes: list = field(default_factory=list)  # what continued trials face (schedulers), for the record
 
+    packs: list = field(default_factory=list)  # points of packed trials continued as a whole (continued_pack)
+
     @property
     def points(self) -> list[dict]:
-        return [p for _, p in self.continued] + list(self.new)
+        """What the new generation runs: continued packs, continued lone trials, new trials."""
+        in_packs = {json.loads(p["_continues"])["trial"] for pack in self.packs
+                    for p in json.loads(pack["_pack"]) if p.get("_continues")}
+        return list(self.packs) + [p for tid, p in self.continued if tid not in in_packs] + list(self.new)
 
 
 # -- what may change -------------------------------------------------------------------------------------------
@@ -145,6 +150,7 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
         values = chain[-1]["config"]
         ran[(config_id(values, keys), int(values.get("seed", 0)))] = chain
     out = ExtensionPlan(new)
+    packs: dict[str, tuple] = {}  # packed trial id -> (one of its members, its last checkpoint, continued members)
     new_iters = new.space.get("iters")
     history = tuple(StudySpec.from_json(g["spec"]) for g in record.get("generations", []) if g.get("spec")) \
         or (StudySpec.from_json(record["spec"]),)
@@ -162,10 +168,6 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
         reports = dedupe_reports(trial_reports(storage, name, last))
         status = (reports[-1] if reports else last["last_result"]).get("status")
         if status == "budget" and isinstance(new_iters, int) and new_iters > int(values.get("iters", 0)):
-            if last.get("pack"):
-                raise UserError(f"trial {chain[0]['trial_id']} ended on its budget as a member of packed trial "
-                                f"{last['pack']}, and this version cannot yet continue a member of a pack to a "
-                                f"larger iters; keep iters and add configurations or seeds, or {NEW_STUDY}")
             ckpt = _last_checkpoint(storage, name, last["dir"])
             if ckpt is None:
                 raise UserError(f"trial {chain[0]['trial_id']} ended on its budget but has no checkpoint in "
@@ -173,13 +175,35 @@ def plan_extension(storage: Storage, name: str, record: dict, new: StudySpec) ->
             point = {**{k: v for k, v in values.items()}, "iters": new_iters,
                      "_continues": json.dumps({"trial": chain[0]["trial_id"], "checkpoint": ckpt})}
             out.continued.append((chain[0]["trial_id"], point))
+            if last.get("pack"):
+                packs.setdefault(last["pack"], (last, ckpt, {}))[2][last["member"]] = (chain[0]["trial_id"], point)
         else:
             out.reused.append(chain[0]["trial_id"])
+    out.packs = [continued_pack(*p, new_iters) for p in packs.values()]
     if out.continued and new.scheduler["type"] in ("asha", "hyperband", "median"):
         out.notes.append(f"continued trials run in a new Tune experiment with a fresh {new.scheduler['type']} "
                          "scheduler: its rungs are compared only among this generation's trials, from the "
                          "iteration each continued trial starts at")
     return out
+
+
+def continued_pack(member: dict, checkpoint: str, continued: dict, iters: int) -> dict:
+    """The point of a packed trial continued as a whole from its last checkpoint (every member, in its order, so
+    the checkpoint fits): the members that ended on their budget get ``iters`` and name their logical trial;
+    the others ride along frozen (``_frozen``: not trained, and not a trial of the new generation)."""
+    from trainables.config import PACK_SHARED
+
+    config = member["pack_config"]
+    members = []
+    for k, own in enumerate(json.loads(config["_pack"])):
+        if k in continued:
+            tid, point = continued[k]
+            members.append({**own, "iters": iters, "_continues": point["_continues"]})
+        else:
+            members.append({**own, "_frozen": True})
+    shared = {k: config[k] for k in PACK_SHARED if k in config}
+    return {**shared, "_pack": json.dumps(members), "_members": len(members),
+            "_continues": json.dumps({"pack": member["pack"], "checkpoint": checkpoint})}
 
 
 def _optuna_replicates(chains, new: StudySpec, keys) -> list[PlannedTrial]:

@@ -198,9 +198,12 @@ def pack_points(points: list[dict], size: int) -> list[dict]:
 
     from ..spec.plan import pack_groups
 
-    out = []
-    for group in pack_groups(points, size):
-        members = [points[i] for i in group]
+    # a pack `extend` continues as a whole is one already; a lone trial it continues stays alone (its checkpoint
+    # is a single run's)
+    out = [p for p in points if p.get("_pack") or p.get("_continues")]
+    fresh = [p for p in points if not (p.get("_pack") or p.get("_continues"))]
+    for group in pack_groups(fresh, size):
+        members = [fresh[i] for i in group]
         shared = {k: members[0][k] for k in PACK_SHARED if k in members[0]}
         out.append({**shared, "_pack": json.dumps(members), "_members": len(members)})
     return out
