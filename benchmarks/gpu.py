@@ -9,7 +9,8 @@ Sections:
                      RNG state paid, before trainables/device.py; what each of K fractional trials pays).
 * ``fractional``  -- Ray fractional GPUs: K = 1, 2, 4, 8, 16 trials sharing one GPU (``--gpus-per-trial 1/K``):
                      total samples/s, GPU memory and utilisation from ``nvidia-smi`` sampled meanwhile.
-* ``packed``      -- the slot for packed trials (many configurations as one batched model): not built yet.
+* ``packed``      -- K = 1, 4, 16, 64 members of one pack (one process, one batched model) beside ``fractional``'s K
+                     processes: total samples/s and the ratio to K lone trials (target >= 0.8 K at K = 64).
 
 ``--dry-run`` runs every section at tiny sizes on the CPU (the fractional section on a `ray start --num-gpus 1`
 cluster of logical GPUs, training on the CPU): the suite runs it, so the script works before it meets a GPU.
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-BUDGET_S = {"step": 50, "determinism": 30, "context": 15, "fractional": 120, "packed": 1}  # 216 s of 240
+BUDGET_S = {"step": 50, "determinism": 30, "context": 15, "fractional": 100, "packed": 25}  # 220 s of 240
 
 
 def log(msg: str) -> None:
@@ -260,9 +261,46 @@ def section_fractional(dry: bool, deadline: float) -> dict:
     return {"rows": rows, **({"cut": cut} if cut else {}), "logical": dry}
 
 
+def packed_step_time(k: int, cell: str, device: str, steps: int) -> float:
+    """Seconds per training step of a pack of ``k`` members of the default model (11 digits, batch 200), each
+    with its own seed and learning rate (trainables/pack_loop.py's step: data, forward, backward, clip, Adam)."""
+    import torch
+
+    from trainables.config import TrainConfig
+    from trainables.loop import prepare_device
+    from trainables.pack_loop import _Pack
+
+    cfgs = [TrainConfig.from_flat({"cell": cell, "digits": 11, "device": device, "threads": 1, "eval_size": 10,
+                                   "seed": i, "lr": 1e-3 * (1 + i % 4)}) for i in range(k)]
+    dev, _ = prepare_device(cfgs[0], None, None, None)
+    pack = _Pack(cfgs, dev)
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        losses = pack.step(pack.active())
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        float(losses.sum())
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def section_packed(dry: bool, deadline: float) -> dict:
-    return {"skipped": "packed trials (one batched model of K configurations) are not built yet; this slot takes "
-                       "K = 1, 4, 16, 64 beside the fractional rows when they are"}
+    """K = 1, 4, 16, 64 members in one process and one batched model, beside the fractional rows (K processes):
+    total samples/s, and against K times one lone trial's (the target: >= 0.8 K at K = 64)."""
+    import torch
+
+    gpu = "cuda" if torch.cuda.is_available() and not dry else "cpu"
+    cell = "lstm"
+    one = 200 / step_time(cell, 11, gpu, 3 if dry else 20)
+    rows = []
+    for k in ((1, 4) if dry else (1, 4, 16, 64)):
+        if time.monotonic() > deadline:
+            return {"device": gpu, "cell": cell, "rows": rows, "cut": "time budget reached"}
+        t = packed_step_time(k, cell, gpu, 3 if dry else 20)
+        rows.append({"k": k, "step_ms": t * 1e3, "samples_per_s": k * 200 / t, "vs_k_lone": k * 200 / t / (k * one)})
+    return {"device": gpu, "cell": cell, "lone_samples_per_s": one, "rows": rows}
 
 
 SECTIONS: dict[str, Callable[[bool, float], dict]] = {
@@ -308,6 +346,12 @@ def markdown(results: dict) -> str:
             out += _table(["K trials", "total samples/s", "vs K=1", "per trial samples/s", "GPU MiB", "GPU util %"],
                           [[r["k"], r["samples_per_s"], r["vs_one"], r["per_trial_samples_per_s"],
                             r["gpu_memory_mib"], r["gpu_util_pct"]] for r in res["rows"]])
+        elif name == "packed":
+            out += [f"One pack of K members of the default {res['cell']} model (11 digits, batch 200) on "
+                    f"{res['device']}, one process; a lone trial there: {res['lone_samples_per_s']:.0f} samples/s.",
+                    ""]
+            out += _table(["K members", "ms/step", "total samples/s", "vs K lone trials"],
+                          [[r["k"], r["step_ms"], r["samples_per_s"], r["vs_k_lone"]] for r in res["rows"]])
         if res.get("cut"):
             out += ["", f"Cut short: {res['cut']}."]
         out.append("")

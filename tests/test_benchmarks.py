@@ -20,6 +20,8 @@ def test_gpu_benchmark_dry_run_writes_every_section(tmp_path):
     assert det["deterministic"]["equal"] and det["deterministic"]["max_abs_diff"] == 0.0
     rows = res["sections"]["fractional"]["rows"]
     assert [r["k"] for r in rows] == [1, 2] and all(r["samples_per_s"] > 0 for r in rows)
+    packed = res["sections"]["packed"]["rows"]
+    assert [r["k"] for r in packed] == [1, 4] and all(r["samples_per_s"] > 0 for r in packed)
     assert "DRY RUN" in (tmp_path / "gpu.md").read_text()
 
 
