@@ -124,6 +124,23 @@ class Storage:
         infos = self.fs.get_file_info(_pafs().FileSelector(self.path, recursive=False))
         return sorted(i.base_name for i in infos if i.type == _pafs().FileType.Directory)
 
+    def is_full(self, below: int = 1 << 20) -> bool:
+        """Whether a local storage has less than ``below`` bytes left for its user (False for object stores: they
+        do not fill up this way)."""
+        if not self.is_local:
+            return False
+        import shutil
+
+        try:
+            return shutil.disk_usage(self.path).free < below
+        except OSError:
+            return False
+
+    def full_message(self, name: str) -> str:
+        """The one line for a study whose storage filled up: where, that the study is saved, what to do."""
+        return (f"the study storage {self.root} is full (no space left on device); the study is saved up to its "
+                f"trials' last checkpoints -- free space there, then `adder-sweep resume {name}{self.flag()}`")
+
     def check_writable(self) -> Optional[str]:
         """Fail before anything starts if studies cannot be written here. A missing local directory is created
         with its parents, as Ray, MLflow and TensorBoard create theirs, and said on stderr; returns the topmost

@@ -544,6 +544,11 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
         errors = [_trial_error(storage, name, t) for t in trials if t["ray_status"] == "ERROR"]
     except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) skips Tune's graceful stop
         interrupted, states = True, {}
+    except Exception as exc:
+        # a full disk cuts the files Ray writes (an error file, the experiment state), and Ray fails reading them
+        if no_space_left(exc) or storage.is_full():
+            raise UserError(storage.full_message(name)) from None
+        raise
     finally:
         stopper.in_tune = False
         from .callbacks import wait_for_live_pages
@@ -551,9 +556,24 @@ def _fit(tuner, storage: Storage, name: str, claim: Claim, stopper: Optional[Sto
 
         wait_for_live_pages()
         tracking = finish_trackers()
+    if errors and (storage.is_full() or any("No space left on device" in e.message for e in errors)):
+        raise UserError(storage.full_message(name))  # the trials failed writing checkpoints: not their error
     reason = stopper.reason or ("sigint" if interrupted else None)
     return Outcome(name, storage.uri(name), states, interrupted, storage.root, errors, reason, stopper.taken_by,
                    tracking)
+
+
+def no_space_left(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it came from is a full disk (ENOSPC)."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _load_trials_quietly(storage: Storage, name: str) -> list[dict]:
