@@ -10,6 +10,17 @@ class UserError(AdderSweepError):
     exit_code = 2
 
 
+class StorageFull(UserError, OSError):
+    """A file adder-sweep writes (atomically) did not fit: no space left on the device. An OSError too, so code
+    that rides out a failed write (the claim's heartbeat) still does; the CLI prints it as one line."""
+
+    def __init__(self, message: str):
+        UserError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class TrialsFailed(AdderSweepError):
     """Raised by ``StudyResult.raise_for_errors()``: trials ended in error, the study was interrupted, or another
     driver took it over. ``result`` is the StudyResult; the message is the first of those, in one line."""

@@ -2,8 +2,10 @@
 import json
 import os
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +15,7 @@ from orchestrator.cli import main
 from orchestrator.tune.state_copy import read_state_copy
 from orchestrator.studydir.storage import Storage
 from orchestrator.results.tables import load_reports, load_trials
-from tests.conftest import run_cli, run_study, trial_processes, write_space
+from tests.conftest import ROOT, require, run_cli, run_study, trial_processes, write_space
 from trainables import TrainConfig, train
 
 
@@ -218,3 +220,52 @@ def test_truncated_run_checkpoint_is_a_clear_error(tmp_path):
     p = run_cli("train", "--resume", out, "--quiet")
     assert p.returncode == 2 and "checkpoint.pt: checkpoint is unreadable" in p.stderr
     assert ckpt.exists() and (out / "metrics.parquet").exists()
+
+
+FULL_DISK = r"""
+set -u
+mount -t tmpfs -o size=48m tmpfs "$DISK"
+python -m orchestrator sweep "$SPACE" --storage "$DISK/res" --name full >/dev/null 2>"$OUT/sweep.err" &
+S=$!
+for i in $(seq 1 1200); do ls -d "$DISK"/res/full/trial_*/checkpoint_000002 >/dev/null 2>&1 && break; sleep 0.1; done
+dd if=/dev/zero of="$DISK/filler" bs=1M count=100 2>/dev/null
+wait $S; echo $? > "$OUT/sweep.rc"
+python -m orchestrator report full --storage "$DISK/res" --no-plots >/dev/null 2>"$OUT/report.err"; echo $? > "$OUT/report.rc"
+ls -a "$DISK/res/full" > "$OUT/after_report.ls"
+cp -a "$DISK/res/full/report.html" "$OUT/page_on_full_disk.html"
+rm "$DISK/filler"
+python -m orchestrator resume full --storage "$DISK/res" >/dev/null 2>"$OUT/resume.err"; echo $? > "$OUT/resume.rc"
+cp -a "$DISK/res" "$OUT/res"
+"""
+
+
+def test_a_full_disk_mid_study_is_one_line_and_resume_completes_identically(stress_reference, tmp_path):
+    """Local storage on a 48 MB tmpfs (in a private mount namespace) that fills while trials checkpoint: the sweep
+    ends with one line naming the storage and "no space left", exit 2; `report` on the full disk writes no half
+    file; once space is freed, `resume` completes with the numbers of an uninterrupted study."""
+    import shutil
+    import subprocess
+
+    require(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare (a private tmpfs)")
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    space = write_space(tmp_path / "stress.yaml", SPACE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISK": str(disk), "OUT": str(out), "SPACE": str(space),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", FULL_DISK], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sweep_err = (out / "sweep.err").read_text()
+    assert (out / "sweep.rc").read_text().strip() == "2", sweep_err[-3000:]
+    last = sweep_err.strip().splitlines()[-1]
+    assert last.startswith(f"adder-sweep sweep: error: the study storage {disk}/res is full (no space left on "
+                           "device)") and "adder-sweep resume full" in last, last
+    report_err = (out / "report.err").read_text()
+    assert (out / "report.rc").read_text().strip() != "0" and "no space left" in report_err.lower(), report_err
+    assert len(report_err.strip().splitlines()) <= 2, report_err  # (a note on the cut state, then the error)
+    left = (out / "after_report.ls").read_text().split()
+    assert not [n for n in left if n.endswith(".tmp") or n.startswith(".tmp")], left
+    assert (out / "page_on_full_disk.html").read_text().rstrip().endswith("</html>")
+    assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.err").read_text()[-3000:]
+    assert final_by_config(out / "res" / "full") == stress_reference

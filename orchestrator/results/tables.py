@@ -136,8 +136,10 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
     try:
         state = json.loads(storage.read_text(path) if text is None else text)
     except ValueError as exc:
-        raise UserError(f"{where}: experiment state is unreadable ({type(exc).__name__}: {exc}); it may be "
-                        "truncated. Ray keeps no older copy; the per-trial folders are intact") from None
+        state = _from_state_copy(storage, name, gen_path, path, where) if text is None else None
+        if state is None:
+            raise UserError(f"{where}: experiment state is unreadable ({type(exc).__name__}: {exc}); it may be "
+                            "truncated, and adder-sweep has no copy of it; the per-trial folders are intact") from None
     problem = _format_problem(state)
     rows = []
     for i, entry in enumerate([] if problem else state["trial_data"]):
@@ -181,6 +183,22 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
                         f"the state of Ray {tested_ray_range()} -- is the study from another Ray version, or is "
                         "the file damaged?")
     return rows
+
+
+def _from_state_copy(storage: Storage, name: str, gen_path: str, path: str, where: str) -> Optional[dict]:
+    """The experiment state from adder-sweep's copy of it (orchestrator/studydir/state_copy.py) when Ray's file
+    is cut off (a driver killed, or a disk filled, while Ray wrote it): read, said on stderr, nothing written --
+    `resume` puts the copy back."""
+    import sys
+
+    from ..studydir.state_copy import read_state_copy
+
+    copy = read_state_copy(storage, name, gen_path)
+    if copy is None or copy["file"] != path.rsplit("/", 1)[-1]:
+        return None
+    print(f"adder-sweep: {where} is cut off; read adder-sweep's copy of it, saved {copy['saved']} (the trials' "
+          "newest reports are still read from their folders)", file=sys.stderr)
+    return json.loads(copy["text"])
 
 
 def member_rows(row: dict) -> list[dict]:

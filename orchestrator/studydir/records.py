@@ -1,6 +1,7 @@
 """What makes a run or study reproducible: versions, command line, and atomic writes of records."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -85,8 +86,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes) -> Pa
                 f.write(chunk)
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            from ..errors import StorageFull
+
+            raise StorageFull(f"{path}: not written: no space left on device (the file as it was is kept); free "
+                              "space there, then run the command again") from None
         raise
     return path
 

@@ -1,0 +1,46 @@
+"""Reading adder-sweep's copy of Ray Tune's newest complete experiment state (written by the driver,
+orchestrator/tune/state_copy.py): what `resume` puts back and what the tables read when Ray's own file is cut off.
+Nothing here writes."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Optional
+
+from .storage import Storage, generation_parts
+
+STATE_COPY = "adder_state_copy.json"
+# Ray's experiment state (Ray 2.52-2.60) ends with its "stats" object: a file cut off mid-write ends elsewhere
+# (inside trial_data, whose JSON texts are escaped, an unescaped '"stats": {' cannot occur)
+_COMPLETE_TAIL = re.compile(rb'"stats": \{[^{}]*\}\}\s*$')
+
+
+def state_is_complete(text: str | bytes) -> bool:
+    """Whether an experiment-state file's content is whole (not cut off mid-write). Ray's own shape is checked
+    from its last bytes -- at 10,000 trials the state is ~200 MB, too much to parse every few seconds -- and any
+    other shape by parsing it."""
+    data = text.encode() if isinstance(text, str) else text
+    if data.startswith(b'{"trial_data": [') and _COMPLETE_TAIL.search(data[-4096:]):
+        return True
+    try:
+        return isinstance(json.loads(data)["trial_data"], list)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
+    """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None. The copy is one line
+    of JSON (file, saved) followed by the state's bytes as they were (older studies: one JSON object holding the
+    text)."""
+    path = storage.join(*generation_parts(name, gen_path, STATE_COPY))
+    if not storage.exists(path):
+        return None
+    try:
+        with storage.fs.open_input_stream(path) as f:
+            raw = f.read()
+        head, _, body = raw.partition(b"\n")
+        meta = json.loads(head)
+        text = meta["text"] if "text" in meta else body.decode()
+        return {"file": meta["file"], "saved": meta["saved"], "text": text} if state_is_complete(text) else None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
