@@ -20,6 +20,7 @@ def register(sub) -> None:
     v.add_argument("--repeats", type=int, help="as for sweep: seeds per configuration")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="as for sweep: replace one entry of the space")
+    _pack_flag(v, "default: the file's pack, else 1")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("sweep", help="run a study from a search-space file on Ray Tune")
@@ -109,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ..spec.space import read_space_file
 
     spec, _ = read_space_file(args.file, tuple(args.overrides))
-    spec = with_repeats(spec, args.repeats)
+    spec = with_repeats(spec, args.repeats).with_pack(args.pack)
     print(describe(spec.smoke() if args.smoke else spec))
     return 0
 
