@@ -1,6 +1,8 @@
 """Packed members (trainables/packed.py): K models of one shape as one batched model equal the same models trained
 alone with AdderNet and torch.optim.Adam -- in float64, every weight within 1e-9 after 50 steps, for each cell --
 and a diverging member leaves the others bit for bit as they were."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -200,3 +202,24 @@ def test_members_continued_to_a_larger_budget_equal_a_pack_run_to_it_from_the_st
         full = lambda rs: [r["loss"] for r in rs if r["iter"] - SHARED["eval_every"] >= short[k]["iters"]]  # noqa
         assert full(got[k]) == full(tail), k
     assert [r["iter"] for r in got[1]] == [50, 60, 70, 75] and got[3] == []  # 45 + 30; the solved one stays
+
+
+def test_a_pack_resumed_from_any_checkpoint_goes_on_bit_identically():
+    """Resumed from the checkpoint of the round where one member ended alone (iteration 45, mid-window for the
+    others), every member's later reports equal the uninterrupted pack's: the checkpoint holds their windows."""
+    configs = [TrainConfig.from_flat({**SHARED, "cell": "rnn", **v}) for v in VARIED[:4]]
+    want, states = {k: [] for k in range(4)}, {}
+
+    def collect(reports, checkpoint):
+        for k, m in reports.items():
+            want[k].append(m)
+        states[max(m["iter"] for m in reports.values())] = copy.deepcopy(checkpoint())  # (it holds live tensors)
+
+    train_pack(configs, report=collect)
+    assert 45 in states and 40 in states
+    got = {k: [] for k in range(4)}
+    train_pack(configs, report=lambda r, c: [got[k].append(m) for k, m in r.items()], resume_from=states[45])
+    for k in range(4):
+        later = [(m["iter"], m["loss"], m["exact_acc"], m["status"]) for m in want[k] if m["iter"] > 45]
+        assert [(m["iter"], m["loss"], m["exact_acc"], m["status"]) for m in got[k]] == later, k
+    assert [m["iter"] for m in got[0]] == [50, 60]

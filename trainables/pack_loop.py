@@ -89,6 +89,8 @@ class _Pack:
         # each member's own iteration: members continued from an earlier study generation start where they ended
         self.its = [0] * len(configs)
         self.it, self.elapsed = 0, 0.0  # the pack's steps
+        self.window = torch.zeros(len(configs), dtype=dtype, device=device)
+        self.window_n = torch.zeros(len(configs), dtype=torch.int64, device=device)
 
     def active(self) -> torch.Tensor:
         return torch.tensor([m.status == "running" and it < m.config.run.iters for m, it in zip(self.members, self.its)],
@@ -157,9 +159,7 @@ class _Pack:
         return out
 
     def loop(self, report: Optional[PackReport]) -> None:
-        k = len(self.members)
-        window = torch.zeros(k, dtype=getattr(torch, self.configs[0].run.dtype), device=self.device)
-        window_n = torch.zeros(k, dtype=torch.int64, device=self.device)
+        window, window_n = self.window, self.window_n  # each member's loss sum and steps since its last report
         t0 = time.perf_counter()
         while True:
             active = self.active()
@@ -173,10 +173,11 @@ class _Pack:
             if not due:
                 continue
             reports = self.report_round(due, window, window_n, t0)
-            if report is not None and reports:
-                report(reports, self.checkpoint)
             for i in due:
                 window[i], window_n[i] = 0.0, 0
+            # (after the reset: a checkpoint holds the windows of members not due now, which a resume goes on with)
+            if report is not None and reports:
+                report(reports, self.checkpoint)
             t0 = time.perf_counter()
         for m in self.members:
             if m.status == "running":
@@ -188,7 +189,8 @@ class _Pack:
                 "schedulers": [m.scheduler.state_dict() if m.scheduler is not None else None for m in self.members],
                 "members": [{"status": m.status, "iters_to_solve": m.iters_to_solve, "best": m.best, "last": m.last,
                              "ended_at": m.ended_at} for m in self.members],
-                "iter": self.it, "its": list(self.its), "elapsed": self.elapsed, "device": self.device.type}
+                "iter": self.it, "its": list(self.its), "elapsed": self.elapsed, "device": self.device.type,
+                "window": self.window.clone(), "window_n": self.window_n.clone()}
 
     def restore(self, state: dict) -> None:
         check_pack_state(state, self.configs)
@@ -204,6 +206,9 @@ class _Pack:
             m.status, m.iters_to_solve, m.best, m.last = ms["status"], ms["iters_to_solve"], ms["best"], ms["last"]
             m.ended_at = ms.get("ended_at")
         self.it, self.elapsed = int(state["iter"]), float(state["elapsed"])
+        if "window" in state:
+            self.window.copy_(state["window"])
+            self.window_n.copy_(state["window_n"])
         self.its = [int(i) for i in state.get("its") or [self.it] * len(self.members)]
         for m, it in zip(self.members, self.its):
             if m.status == "budget" and it < m.config.run.iters:  # continued to a larger budget
