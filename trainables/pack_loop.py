@@ -93,7 +93,8 @@ class _Pack:
         self.window_n = torch.zeros(len(configs), dtype=torch.int64, device=device)
 
     def active(self) -> torch.Tensor:
-        return torch.tensor([m.status == "running" and it < m.config.run.iters for m, it in zip(self.members, self.its)],
+        return torch.tensor([m.status == "running" and it < m.config.run.iters
+                             for m, it in zip(self.members, self.its)],
                             device=self.device)
 
     def step(self, active: torch.Tensor) -> torch.Tensor:

@@ -462,9 +462,9 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
         if copy is None or (copy["file"] != file and not storage.exists(f"{folder}/{copy['file']}")):
             return  # no copy, or a copy of a state that is gone: do not guess
         storage.write_bytes(path + ".damaged", raw)
-        print(f"adder-sweep: {storage.uri(*generation_parts(name, gen_path, file))} was cut off (its driver died, or the "
-              f"disk filled, while Ray wrote it; kept as {file}.damaged); resuming from adder-sweep's copy of {copy['file']} saved "
-              f"{copy['saved']}", file=sys.stderr)
+        print(f"adder-sweep: {storage.uri(*generation_parts(name, gen_path, file))} was cut off (its driver died, "
+              f"or the disk filled, while Ray wrote it; kept as {file}.damaged); resuming from adder-sweep's copy of "
+              f"{copy['file']} saved {copy['saved']}", file=sys.stderr)
         if copy["file"] != file:
             storage.delete(path)  # Ray restores the older state the copy was taken from
             return
