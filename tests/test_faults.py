@@ -184,6 +184,33 @@ def test_truncated_experiment_state_is_put_back_from_the_copy_or_a_clear_error(f
     assert sorted(p.name for p in other.iterdir()) == before
 
 
+def test_truncated_searcher_state_is_put_back_from_the_copy_or_a_clear_error(finished, tmp_path, capsys):
+    """Ray copies its searcher state (a pickle) to storage beside the experiment state; a full disk cut it (the
+    full-disk test hit it in CI), and Ray then restarted the searcher and failed with a KeyError. `resume` puts
+    back adder-sweep's copy of the same moment; without one it is one line, exit 2, nothing changed."""
+    study = _copy_study(finished / "res" / "done", tmp_path / "res" / "done")
+    searcher = max(study.glob("basic-variant-state-*.json"))
+    whole = searcher.read_bytes()
+    assert (study / "adder_search_copy.pkl").is_file()
+    searcher.write_bytes(whole[:len(whole) // 2])
+    assert main(["resume", "done", "--storage", str(tmp_path / "res")]) == 0
+    err = capsys.readouterr().err
+    assert f"{searcher.name} was cut off (kept as {searcher.name}.damaged); put back adder-sweep's copy" in err, err
+    assert searcher.read_bytes() == whole
+    assert [t["state"] for t in load_trials(Storage.open(tmp_path / "res"), "done")] == ["terminated"] * 4
+
+    other = _copy_study(finished / "res" / "done", tmp_path / "other" / "done")
+    (other / "adder_search_copy.pkl").unlink()
+    searcher = max(other.glob("basic-variant-state-*.json"))
+    searcher.write_bytes(whole[:len(whole) // 2])
+    before = sorted(p.name for p in other.iterdir())
+    assert main(["resume", "done", "--storage", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("adder-sweep resume: error: cannot resume 'done': Ray Tune's searcher state") and \
+        "is cut off and adder-sweep has no copy of it" in err[-1], err
+    assert sorted(p.name for p in other.iterdir()) == before
+
+
 def test_missing_trial_folder_is_a_clear_error(finished, tmp_path, capsys):
     import shutil
 

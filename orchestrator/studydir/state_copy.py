@@ -44,3 +44,33 @@ def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional
         return {"file": meta["file"], "saved": meta["saved"], "text": text} if state_is_complete(text) else None
     except (ValueError, KeyError, TypeError, OSError):
         return None
+
+
+SEARCH_COPY = "adder_search_copy.pkl"  # beside it: the newest complete searcher state of the same moment
+SEARCH_STATE = "basic-variant-state-"  # Ray Tune's searcher state files (a pickle; grid and random studies)
+
+
+def pickle_is_complete(data: bytes) -> bool:
+    """Whether a pickle's bytes are whole, read opcode by opcode (pickletools: nothing is loaded or run)."""
+    import pickletools
+
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:  # a cut stream: "truncated", "unexpected EOF", or garbage
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP" and ops[-1][2] + 1 == len(data)
+
+
+def read_search_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
+    """{"file": searcher-state file name, "saved": ISO time, "data": its bytes}, or None."""
+    path = storage.join(*generation_parts(name, gen_path, SEARCH_COPY))
+    if not storage.exists(path):
+        return None
+    try:
+        with storage.fs.open_input_stream(path) as f:
+            raw = f.read()
+        head, _, body = raw.partition(b"\n")
+        meta = json.loads(head)
+        return {"file": meta["file"], "saved": meta["saved"], "data": body} if pickle_is_complete(body) else None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None

@@ -13,7 +13,8 @@ import time
 from typing import Optional
 
 from ..results.tables import experiment_state_path
-from ..studydir.state_copy import STATE_COPY, read_state_copy, state_is_complete  # noqa: F401  (the read side)
+from ..studydir.state_copy import (SEARCH_COPY, SEARCH_STATE, STATE_COPY, pickle_is_complete,  # noqa: F401
+                                   read_state_copy, state_is_complete)
 from ..studydir.storage import Storage, generation_parts
 
 
@@ -43,4 +44,22 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
         return None, unchanged
     meta = json.dumps({"file": path.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     write_atomic(storage.join(*generation_parts(name, gen_path, STATE_COPY)), meta.encode() + b"\n", data)
+    _keep_search_copy(storage, name, gen_path, path)
     return data, signature
+
+
+def _keep_search_copy(storage: Storage, name: str, gen_path: str, state_path: str) -> None:
+    """Copy Ray's searcher state of the same session as the experiment state just copied (Ray writes both at each
+    snapshot, and copies both to storage -- a full disk cuts either), if it is a whole pickle."""
+    from ..studydir.records import write_atomic
+
+    folder, file = state_path.rsplit("/", 1)
+    searcher = f"{folder}/{SEARCH_STATE}{file[len('experiment_state-'):]}"
+    try:
+        with storage.fs.open_input_stream(searcher) as f:
+            data = f.read()
+    except OSError:
+        return  # no searcher state (Optuna's has another name), or not written yet
+    if pickle_is_complete(data):
+        meta = json.dumps({"file": searcher.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        write_atomic(storage.join(*generation_parts(name, gen_path, SEARCH_COPY)), meta.encode() + b"\n", data)

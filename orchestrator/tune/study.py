@@ -486,6 +486,34 @@ def _mend_state(storage: Storage, name: str, gen_path: str) -> None:
         text, changed = json.dumps(state), True
     if changed:
         storage.write_text(path, text)
+    if storage.is_local:
+        _mend_search_state(storage, name, gen_path, folder, file)
+
+
+def _mend_search_state(storage: Storage, name: str, gen_path: str, folder: str, state_file: str) -> None:
+    """Ray's searcher state of the session being restored, cut off (a full disk, a driver killed while Ray copied
+    it): put back adder-sweep's copy, else stop with one line -- Ray would restart the searcher and fail obscurely
+    (or plan the trials again)."""
+    from ..studydir.state_copy import SEARCH_STATE, pickle_is_complete, read_search_copy
+    from ..studydir.storage import generation_parts
+
+    file = f"{SEARCH_STATE}{state_file[len('experiment_state-'):]}"
+    path = f"{folder}/{file}"
+    if not storage.exists(path):
+        return
+    with storage.fs.open_input_stream(path) as f:
+        raw = f.read()
+    if pickle_is_complete(raw):
+        return
+    copy = read_search_copy(storage, name, gen_path)
+    where = storage.uri(*generation_parts(name, gen_path, file))
+    if copy is None or copy["file"] != file:
+        raise UserError(f"cannot resume {name!r}: Ray Tune's searcher state {where} is cut off and adder-sweep has "
+                        "no copy of it; the trial folders are intact -- start a new study with `adder-sweep sweep`")
+    storage.write_bytes(path + ".damaged", raw)
+    storage.write_bytes(path, copy["data"])
+    print(f"adder-sweep: {where} was cut off (kept as {file}.damaged); put back adder-sweep's copy saved "
+          f"{copy['saved']}", file=sys.stderr)
 
 
 def _check_trial_folders(storage: Storage, name: str) -> None:
