@@ -173,10 +173,21 @@ def gpu_fields() -> dict:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
+def send_report(metrics: dict, make_checkpoint=None) -> None:
+    """``tune.report`` of ``metrics``, with the checkpoint ``make_checkpoint()`` returns attached if given."""
+    from .checkpoint import CHECKPOINT_FILE, save_checkpoint
+
+    if make_checkpoint is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(make_checkpoint(), Path(tmp) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
 def run_trial(config: dict, checkpoint_every: int = 5) -> None:
     """A Ray Tune function trainable around ``trainables.loop.train`` -- or, for a trial whose config holds
     ``_pack`` (the driver's packed trials), around ``trainables.pack_loop.train_pack`` (``run_pack``)."""
-    from .checkpoint import CHECKPOINT_FILE, save_checkpoint
     from .loop import train
 
     if config.get("_pack"):
@@ -201,13 +212,8 @@ def run_trial(config: dict, checkpoint_every: int = 5) -> None:
         metrics = {**metrics, "node": node, "pid": os.getpid(), **gpu_fields()}
         final = metrics["status"] != "running"
         # Checkpoint points depend on the iteration alone, so a resumed trial checkpoints where the original would.
-        due = final or (metrics["iter"] // eval_every) % checkpoint_every == 0
-        if make_checkpoint is None or not due:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(make_checkpoint(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        send_report(metrics, make_checkpoint if final or (metrics["iter"] // eval_every) % checkpoint_every == 0
+                    else None)
 
     oom = OomMarker.of_trial()
     oom.raise_if_marked()  # a retry of a trial that ran out of GPU memory would only run out again
@@ -240,7 +246,7 @@ def run_pack(config: dict, checkpoint_every: int = 5) -> None:
     Tune's metric and its live table, the best of their scores. A checkpoint (every member) is attached every
     ``checkpoint_every`` rounds and at every round in which a member ended, so the last one holds each member as
     it ended."""
-    from .checkpoint import CHECKPOINT_FILE, PACK_FORMAT, save_checkpoint
+    from .checkpoint import PACK_FORMAT
     from .pack_loop import train_pack
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -264,13 +270,8 @@ def run_pack(config: dict, checkpoint_every: int = 5) -> None:
         metrics = {"members": got, "iter": max(m["iter"] for m in reports.values()), "node": node,
                    **{k: best(m[k] for m in reports.values()) for k, best in PACK_SCORES.items()}}
         ended = any(m["status"] != "running" for m in reports.values())
-        due = ended or (metrics["iter"] // eval_every) % checkpoint_every == 0
-        if make_checkpoint is None or not due:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(make_checkpoint(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        send_report(metrics, make_checkpoint if ended or (metrics["iter"] // eval_every) % checkpoint_every == 0
+                    else None)
 
     train_pack(cfgs, report=report, resume_from=state, gpus_assigned=len(ray.get_gpu_ids()),
                gpu_share=resources.get("GPU"))

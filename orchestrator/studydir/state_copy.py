@@ -28,11 +28,10 @@ def state_is_complete(text: str | bytes) -> bool:
         return False
 
 
-def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
-    """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None. The copy is one line
-    of JSON (file, saved) followed by the state's bytes as they were (older studies: one JSON object holding the
-    text)."""
-    path = storage.join(*generation_parts(name, gen_path, STATE_COPY))
+def read_copy(storage: Storage, name: str, gen_path: str, copy_name: str) -> Optional[tuple[dict, bytes]]:
+    """(its header, the copied bytes) of one of adder-sweep's copies: one line of JSON (file, saved), then the
+    bytes as they were; None if there is none or it is unreadable."""
+    path = storage.join(*generation_parts(name, gen_path, copy_name))
     if not storage.exists(path):
         return None
     try:
@@ -40,11 +39,23 @@ def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional
             raw = f.read()
         head, _, body = raw.partition(b"\n")
         meta = json.loads(head)
-        text = meta["text"] if "text" in meta else body.decode()
-        return {"file": meta["file"], "saved": meta["saved"], "text": text} if state_is_complete(text) else None
-    except (ValueError, KeyError, TypeError, OSError):
+        return (meta, body) if isinstance(meta, dict) and "file" in meta and "saved" in meta else None
+    except (ValueError, TypeError, OSError):
         return None
 
+
+def read_state_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
+    """{"file": experiment-state file name, "saved": ISO time, "text": its content}, or None (older studies' copy:
+    one JSON object holding the text)."""
+    found = read_copy(storage, name, gen_path, STATE_COPY)
+    if found is None:
+        return None
+    meta, body = found
+    try:
+        text = meta["text"] if "text" in meta else body.decode()
+    except UnicodeDecodeError:
+        return None
+    return {"file": meta["file"], "saved": meta["saved"], "text": text} if state_is_complete(text) else None
 
 SEARCH_COPY = "adder_search_copy.pkl"  # beside it: the newest complete searcher state of the same moment
 SEARCH_STATE = "basic-variant-state-"  # Ray Tune's searcher state files (a pickle; grid and random studies)
@@ -63,14 +74,7 @@ def pickle_is_complete(data: bytes) -> bool:
 
 def read_search_copy(storage: Storage, name: str, gen_path: str = "") -> Optional[dict]:
     """{"file": searcher-state file name, "saved": ISO time, "data": its bytes}, or None."""
-    path = storage.join(*generation_parts(name, gen_path, SEARCH_COPY))
-    if not storage.exists(path):
+    found = read_copy(storage, name, gen_path, SEARCH_COPY)
+    if found is None or not pickle_is_complete(found[1]):
         return None
-    try:
-        with storage.fs.open_input_stream(path) as f:
-            raw = f.read()
-        head, _, body = raw.partition(b"\n")
-        meta = json.loads(head)
-        return {"file": meta["file"], "saved": meta["saved"], "data": body} if pickle_is_complete(body) else None
-    except (ValueError, KeyError, TypeError, OSError):
-        return None
+    return {"file": found[0]["file"], "saved": found[0]["saved"], "data": found[1]}

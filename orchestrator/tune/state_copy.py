@@ -24,8 +24,6 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
     None, the state file's (name, size, mtime) that was copied). ``unchanged``: that signature from the previous
     call -- a state Ray has not rewritten since is not read and written again. None bytes: object storage, no
     state yet, unchanged, or caught mid-write (the previous copy stays)."""
-    from ..studydir.records import write_atomic
-
     if not storage.is_local:
         return None, None
     path = experiment_state_path(storage, name, gen_path)
@@ -42,8 +40,7 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
         return None, unchanged
     if not state_is_complete(data):
         return None, unchanged
-    meta = json.dumps({"file": path.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_atomic(storage.join(*generation_parts(name, gen_path, STATE_COPY)), meta.encode() + b"\n", data)
+    _write_copy(storage, name, gen_path, STATE_COPY, path, data)
     _keep_search_copy(storage, name, gen_path, path)
     return data, signature
 
@@ -51,8 +48,6 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
 def _keep_search_copy(storage: Storage, name: str, gen_path: str, state_path: str) -> None:
     """Copy Ray's searcher state of the same session as the experiment state just copied (Ray writes both at each
     snapshot, and copies both to storage -- a full disk cuts either), if it is a whole pickle."""
-    from ..studydir.records import write_atomic
-
     folder, file = state_path.rsplit("/", 1)
     searcher = f"{folder}/{SEARCH_STATE}{file[len('experiment_state-'):]}"
     try:
@@ -61,5 +56,12 @@ def _keep_search_copy(storage: Storage, name: str, gen_path: str, state_path: st
     except OSError:
         return  # no searcher state (Optuna's has another name), or not written yet
     if pickle_is_complete(data):
-        meta = json.dumps({"file": searcher.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        write_atomic(storage.join(*generation_parts(name, gen_path, SEARCH_COPY)), meta.encode() + b"\n", data)
+        _write_copy(storage, name, gen_path, SEARCH_COPY, searcher, data)
+
+
+def _write_copy(storage: Storage, name: str, gen_path: str, copy_name: str, source: str, data: bytes) -> None:
+    """One of adder-sweep's copies, atomically: a line of JSON (the source file's name, when), then its bytes."""
+    from ..studydir.records import write_atomic
+
+    meta = json.dumps({"file": source.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_atomic(storage.join(*generation_parts(name, gen_path, copy_name)), meta.encode() + b"\n", data)
