@@ -24,6 +24,11 @@ A call leaves the process as it found it: the environment, the log levels and ha
 SIGINT/SIGTERM/SIGUSR1 handlers are restored; a Ray the caller initialized (``ray.init()``) is used and left
 connected, a Ray the call started is shut down. Ctrl-C stops the study as Tune does (trials stop, state is saved)
 and the call returns a result marked ``interrupted``; a second Ctrl-C stops at once.
+
+One exception to "a call returns": on a cluster the call connected to, a head node that stops answering mid-study
+takes the cluster with it, and Ray would end the process by a hard exit at its reconnect timeout (60 s). The call
+ends it sooner, with one line on stderr and exit code 3 (``EXIT_CLUSTER_LOST``; orchestrator/cluster/watch.py,
+``ADDER_SWEEP_HEAD_LOST_AFTER_S``); ``resume(..., address=NEW_HEAD)`` continues the study on a new cluster.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ class UserError(AdderSweepError):
     exit_code = 2
 
 
+EXIT_CLUSTER_LOST = 3  # the cluster's head stopped answering mid-study (orchestrator/cluster/watch.py)
+
+
 class StorageFull(UserError, OSError):
     """A file adder-sweep writes (atomically) did not fit: no space left on the device. An OSError too, so code
     that rides out a failed write (the claim's heartbeat) still does; the CLI prints it as one line."""

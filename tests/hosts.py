@@ -148,6 +148,12 @@ class TwoHosts:
         # and, without a route, advertises 127.0.0.1 -- which the other host cannot call back. Nothing is sent.
         _sh("ip", "netns", "exec", self.ns, "ip", "route", "add", "default", "via", self.host_ip)
 
+    def set_link(self, up: bool) -> None:
+        """Cut the worker host off (``up`` False) or connect it again: this host's end of the veth pair down or
+        up. Packets between the hosts are then dropped -- the worker host sees its calls time out, as across a
+        failed switch -- while this host keeps its own addresses (the GCS, S3)."""
+        _sh("ip", "link", "set", f"avh{self.tag}", "up" if up else "down")
+
     def remove_network(self) -> None:
         subprocess.run(["ip", "link", "del", f"avh{self.tag}"], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)

@@ -1,6 +1,7 @@
 """A real two-host Ray cluster (tests/hosts.py): sweeps on both hosts with S3 storage, a lost worker host, a lost
-driver resumed from the other host, `ray job submit`, code shipped to a host that lacks the project, and the
-launches the probe must refuse. Needs root; skips with its reason elsewhere, fails under CI=true."""
+driver resumed from the other host, `ray job submit`, code shipped to a host that lacks the project, the launches
+the probe must refuse, the worker host's network cut for 20 s, and the head node lost (resumed on a new cluster).
+Needs root; skips with its reason elsewhere, fails under CI=true."""
 import json
 import time
 
@@ -12,7 +13,8 @@ from tests.hosts import BIN, WORKER_HOSTNAME, TwoHosts, prerequisites, read_json
 pytestmark = pytest.mark.slow
 
 # Four trials of 200 iterations (about 7 s each on one core), a checkpoint at every report: long enough to kill
-# mid-trial (at iteration 60 or later), short enough for 2 cores. target 1.5 never stops early, so every trial's end is its budget.
+# mid-trial (at iteration 60 or later), short enough for 2 cores. target 1.5 never stops early, so every trial's
+# end is its budget.
 STUDY = """\
 # two-host test study
 name: hosts
@@ -211,3 +213,85 @@ def test_refused_before_launch_token_mismatch_dead_address_unshared_storage(host
     assert list(local.iterdir()) == []  # nothing created
     for name in ("bad-token", "dead"):
         assert not _trials(h, name)
+
+
+def _curves_whole(h, name):
+    """Every trial's curve in metrics.parquet: each evaluation (20, 40, ..., 200) once, none missing."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(f"studies/{name}/metrics.parquet", filesystem=h.s3_fs()).to_pylist()
+    by_trial = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append(r["iter"])
+    assert len(by_trial) == 4, sorted(by_trial)
+    for trial, iters in by_trial.items():
+        assert iters == list(range(20, 201, 20)), (trial, iters)
+
+
+def test_worker_host_network_cut_for_20_s_loses_nothing(hosts, reference):
+    """The worker host's link down for 20 s while it trains, then up. 20 s is near Ray's node-death detection:
+    the node may be kept or declared dead, its trial may go on there or fail and be retried from its S3 checkpoint
+    on the head; either way the sweep ends 0 with whole curves and the uninterrupted numbers."""
+    h = hosts
+    driver = h.start_driver("driver-cut", "sweep", str(h.base / "hosts.yaml"), "--address", h.address,
+                            "--storage", "s3://studies", "--name", "cut")
+    try:
+        victim, deadline = None, time.time() + 300
+        while time.time() < deadline and driver.popen.poll() is None:
+            victim = victim or _trial_on_worker_host(h)
+            if victim and h.s3_fs().get_file_info(f"studies/cut/{victim}/checkpoint_000002").type.name != "NotFound":
+                break
+            time.sleep(0.05)
+        assert victim and driver.popen.poll() is None, driver.tail()
+        h.set_link(up=False)
+        try:
+            time.sleep(20)
+        finally:
+            h.set_link(up=True)
+        cut_over = time.time()
+        assert driver.popen.wait(timeout=600) == 0, driver.tail()
+        print(f"network cut: sweep ended 0, {time.time() - cut_over:.0f}s after the link came back")
+    finally:
+        driver.stop()
+    assert _finals(h, "cut") == reference
+    _curves_whole(h, "cut")
+    reports = _trials(h, "cut")[victim]
+    assert reports[0]["hostname"] == WORKER_HOSTNAME and reports[-1]["iter"] == 200
+
+
+def test_head_node_lost_is_one_line_then_resumed_on_a_new_cluster(hosts, reference):
+    """The head's Ray SIGKILLed mid-study (the GCS with it, so the whole cluster): the driver says so in one line
+    within ~15 s and exits 3 (Ray alone ended it after 60 s, silently); on a new cluster -- new head, new
+    addresses -- `resume --address` takes the dead driver's claim over and ends with the uninterrupted numbers.
+    Last in this file: it replaces the cluster (the fixture's TwoHosts then holds the new one)."""
+    h = hosts
+    old_address = h.address
+    driver = h.start_driver("driver-hl", "sweep", str(h.base / "hosts.yaml"), "--address", h.address,
+                            "--storage", "s3://studies", "--name", "hl")
+    try:
+        _wait_for_report(h, "hl", lambda r: r["iter"] >= 60, 300, driver)
+        h.head.kill()
+        lost = time.time()
+        rc = driver.popen.wait(timeout=90)
+        took = time.time() - lost
+    finally:
+        driver.kill()
+    log = driver.tail(20000)
+    assert rc == 3, log[-3000:]
+    assert took < 30, f"the driver took {took:.0f}s to say the head was lost"  # ~10 s; Ray's own limit is 60 s
+    print(f"head lost: the driver exited 3 {took:.1f}s after the kill")
+    lines = [line for line in log.splitlines() if line.startswith("adder-sweep")]
+    assert len(lines) == 1, lines
+    assert f"the Ray cluster's head at {old_address} has not answered" in lines[0]
+    assert "adder-sweep resume hl --storage s3://studies --address NEW_HEAD:PORT" in lines[0]
+    h.worker.kill()  # the old cluster's worker node: its raylet would outlive the head by a minute
+    h.start_head()
+    h.start_worker()
+    assert h.address != old_address
+    p = h.adder_sweep("resume", "hl", "--storage", "s3://studies", "--address", h.address)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "took over study hl from its previous driver" in p.stderr  # the dead driver's claim, at once
+    assert _finals(h, "hl") == reference
+    _curves_whole(h, "hl")
+    record = json.loads(h.s3_fs().open_input_stream("studies/hl/adder_study.json").read())
+    assert [(r["kind"], r["address"]) for r in record["runs"]] == [("sweep", old_address), ("resume", h.address)]

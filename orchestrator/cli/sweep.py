@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional
 
-from ..errors import UserError
+from ..errors import EXIT_CLUSTER_LOST, UserError  # noqa: F401  (EXIT_CLUSTER_LOST: exited by tune/study.watch_head)
 from ..studydir.storage import DEFAULT_STORAGE
 
 # Exit codes of the commands that run trials (README "Exit codes").
@@ -151,7 +151,8 @@ def _describe_config(config: dict, keys: list[str]) -> str:
 
 def finish(result, command: str, address: Optional[str]) -> int:
     """The summary and the exit code of a command that ran trials: 0 if every trial ended normally, 1 if any
-    ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. Runs the
+    ended in error (each listed), 130 after Ctrl-C, 143 after SIGTERM, 2 if another driver took over. (3, the
+    cluster's head lost, never reaches here: tune/study.watch_head exits the process.) Runs the
     MLflow server missed are listed, and change no exit code: the study folder is the record, tracking a copy."""
     from ..spec.space import StudySpec
     from .status import print_study_summary

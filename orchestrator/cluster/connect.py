@@ -100,7 +100,7 @@ def _local_token() -> Optional[str]:
         return None
 
 
-def gcs_auth(gcs_address: str, token: Optional[str]) -> str:
+def gcs_auth(gcs_address: str, token: Optional[str], timeout: float = CONNECT_TIMEOUT_S) -> str:
     """Ask the cluster's GCS for its id, with ``token`` or without: "ok", "unauthenticated" or "unreachable".
     One RPC through Ray's own generated stub; decides the auth mode before ray.init, which would otherwise retry
     for 20 s and report only "Failed to connect"."""
@@ -111,7 +111,7 @@ def gcs_auth(gcs_address: str, token: Optional[str]) -> str:
     with grpc.insecure_channel(gcs_address) as channel:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT_S, metadata=metadata)
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
             return "ok"
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:

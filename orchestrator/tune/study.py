@@ -370,11 +370,50 @@ def study_session(storage: Storage, name: str, spec: StudySpec, *, address: Opti
         except BaseException:
             claim.release()
             raise
+    watch = None
     try:
+        watch = watch_head(conn, storage, name)
         yield conn, env_record, claim
     finally:
+        if watch is not None:
+            watch.stop()
         claim.release()
         disconnect(conn)
+
+
+def watch_head(conn: Connection, storage: Storage, name: str):
+    """On a cluster this call connected to, watch its head (cluster/watch.py): once the GCS has stopped answering,
+    the cluster is gone -- and Ray would end this process with no word of ours at its own timeout -- so say so in
+    one line, with the command that resumes the study on a new cluster, and exit EXIT_CLUSTER_LOST at once. The
+    claim stays, as any lost driver's: ``resume`` on this host takes it over at once, elsewhere once its heartbeat
+    has stood still. A library caller's process ends the same way (Ray would end it too). None when not
+    watched (the embedded Ray, a Ray the caller connected, a Ray Client address)."""
+    from ..cluster.connect import _gcs_address, _local_token
+    from ..cluster.watch import HeadWatch
+    from ..errors import EXIT_CLUSTER_LOST
+
+    if conn.embedded or not conn.owned:
+        return None
+    try:
+        gcs = _gcs_address(conn.address)
+    except UserError:
+        return None
+    if gcs is None:
+        return None
+    token = _local_token() if conn.auth == "token" else None
+
+    def lost(seconds: float) -> None:
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        print(f"adder-sweep: error: the Ray cluster's head at {gcs} has not answered for {seconds:.0f}s (the head "
+              f"node is gone or cut off, and the cluster with it); study {name} is saved up to its trials' last "
+              f"checkpoints in {storage.uri(name)} -- start a cluster, then: adder-sweep resume {name}"
+              f"{storage.flag()} --address NEW_HEAD:PORT", file=sys.stderr, flush=True)
+        os._exit(EXIT_CLUSTER_LOST)
+
+    return HeadWatch(gcs, token, lost).start()
 
 
 def recorded_connection(record: dict, address: Optional[str], runtime_env: Optional[dict]) -> dict:
