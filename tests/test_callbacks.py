@@ -164,3 +164,57 @@ def test_a_ray_shaped_state_is_whole_only_with_its_last_byte():
                        "runner_data": {"_stats": {}}, "stats": {"start_time": 1796196427.12}})
     assert state_is_complete(text) and state_is_complete(text.encode())
     assert not any(state_is_complete(text[:n]) for n in range(1, len(text)))
+
+
+class _Planted:
+    """A pickle that, loaded, would write a file: what a hostile searcher state could hold."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_searcher_state_is_whole_only_to_its_stop_and_nothing_in_it_runs(tmp_path):
+    """Ray's searcher state (a pickle) is checked by the C unpickler with every class it names made inert: each
+    protocol's prefix fails, the whole passes, trailing bytes fail, and a pickle that names `open` writes nothing."""
+    from collections import OrderedDict
+
+    from orchestrator.studydir.state_copy import pickle_is_complete
+
+    planted = tmp_path / "planted"
+    value = {"configs": [{"lr": 0.1 * i, "tag": "é"} for i in range(50)], "od": OrderedDict(a=1),
+             "s": {1, 2}, "b": bytes(range(256)) * 4, "x": _Planted(str(planted))}
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(value, protocol=protocol)
+        assert pickle_is_complete(data)
+        assert not any(pickle_is_complete(data[:n]) for n in range(len(data)))
+        assert not pickle_is_complete(data + b".")
+    assert not planted.exists()
+
+
+def test_the_state_copy_is_streamed_and_never_takes_a_cut_state(tmp_path, monkeypatch):
+    """The copy is written a chunk at a time: a whole state (Ray's shape, or another whole JSON shape) is copied
+    byte for byte; a state cut off mid-write -- Ray's shape or not -- leaves the previous copy as it was."""
+    from orchestrator.studydir.storage import Storage
+    from orchestrator.tune import state_copy
+
+    monkeypatch.setattr(state_copy, "_CHUNK", 7)
+    trial = json.dumps({"trial_id": "a", "status": "RUNNING", "config": {}}, indent=2)
+    whole = json.dumps({"trial_data": [[trial, "{}"]] * 20, "runner_data": {}, "stats": {"start_time": 1.0}})
+    study = tmp_path / "st"
+    study.mkdir()
+    state = study / "experiment_state-2026-12-01_00-00-00.json"
+    storage = Storage.open(tmp_path)
+    state.write_text(whole)
+    copied, _ = state_copy.keep_state_copy(storage, "st")
+    with state_copy.open_state_copy(copied) as f:
+        assert f.read() == whole.encode()
+    for cut in (whole[:-1], whole[:len(whole) // 2], whole.replace(', "stats": {"start_time": 1.0}', "")[:-1]):
+        state.write_text(cut)
+        assert state_copy.keep_state_copy(storage, "st") == (None, None)
+        assert read_state_copy(storage, "st")["text"] == whole
+    other = whole.replace(', "stats": {"start_time": 1.0}', "")  # whole, but not Ray's last key
+    state.write_text(other)
+    assert state_copy.keep_state_copy(storage, "st")[0] is not None and read_state_copy(storage, "st")["text"] == other

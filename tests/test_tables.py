@@ -269,3 +269,30 @@ def test_a_state_format_or_ray_version_it_cannot_read_is_one_clear_error(study, 
                                         r"experiment state of Ray 2\.\d+-2\.\d+ only"):
         tables.build_tables(s, "tables")
     assert not list((copy / "tables").glob("*.parquet"))
+
+
+def test_the_experiment_state_is_read_entry_by_entry_and_never_a_cut_one(study, monkeypatch):
+    """The state is read a chunk at a time, an entry at a time (at 10,000 trials it is ~200 MB): every chunk size
+    gives the entries json.loads gives, whatever the spacing, and no cut-off file -- cut anywhere, also after its
+    last entry or inside a character -- reads as whole."""
+    _, d = study
+    real = next(d.glob("experiment_state-*.json")).read_bytes()
+    trial = json.dumps({"trial_id": "é✓", "status": "RUNNING", "config": {"x": "ü" * 3}}, indent=2)
+    spaced = ('{ "trial_data" :[ [' + json.dumps(trial) + ' ,"{}" ] ,\n [ "1","2" ]\n], "runner_data": {"t": 1.5e3},'
+              ' "stats": {"start_time": Infinity} }').encode()
+    for chunk in (1, 3, 64, 4096, 1 << 20):
+        monkeypatch.setattr(tables, "_CHUNK", chunk)
+        for data in (real, spaced):
+            want = json.loads(data)["trial_data"]
+            assert list(tables.state_entries(data)) == want
+            assert list(tables.state_entries(data.decode())) == want
+            assert list(tables.state_entries(pa.BufferReader(data))) == want
+    monkeypatch.setattr(tables, "_CHUNK", 5)
+    cuts = [*range(len(spaced)), *range(0, len(real), 97), *range(len(real) - 300, len(real))]
+    for data, cut in [(spaced, n) for n in range(len(spaced))] + [(real, n) for n in cuts[len(spaced):]]:
+        with pytest.raises(ValueError):
+            list(tables.state_entries(data[:cut]))
+    for other in (b'[1, 2]', b'{"trial_data": 5}', b'{"runner_data": {}}'):
+        with pytest.raises(tables._Shape):
+            list(tables.state_entries(other))
+    assert list(tables.state_entries(b'{"runner_data": {}, "trial_data": [["a", "b"]]}')) == [["a", "b"]]

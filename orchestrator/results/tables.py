@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..errors import UserError
 from ..studydir.storage import Storage, generation_parts
@@ -78,16 +78,6 @@ def check_ray_versions(storage: Storage, name: str) -> None:
                             f"{tested_ray_range()} only; use an adder-sweep release made for Ray {version}")
 
 
-def _format_problem(state: Any) -> str | None:
-    """What is not as this reader expects in a parsed experiment-state file, or None."""
-    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
-        return "no 'trial_data' list at its top level"
-    for i, entry in enumerate(state["trial_data"]):
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
-            return f"trial entry {i} is not a pair of JSON texts"
-    return None
-
-
 def _trial_problem(t: Any, rt: Any) -> str | None:
     if not isinstance(t, dict) or not isinstance(rt, dict):
         return "not a JSON object"
@@ -113,36 +103,169 @@ def load_trials(storage: Storage, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def snapshot_trials(storage: Storage, name: str, gen_path: str = "", text: Optional[str | bytes] = None,
+def snapshot_trials(storage: Storage, name: str, gen_path: str = "", text: Any = None,
                     keep: Optional[Callable[[str], bool]] = None) -> list[dict[str, Any]]:
     """The trials of one generation exactly as its newest experiment-state snapshot on storage holds them -- what
     `resume` would restore -- without the driver's final_states.json correction (load_trials applies it); from
-    ``text`` (a snapshot's content, e.g. adder-sweep's copy) if given; only the trials whose id ``keep`` accepts
+    ``text`` (a snapshot's content, or a binary stream of it, e.g. of adder-sweep's copy) if given; only the trials whose id ``keep`` accepts
     (the others are not parsed: at 10,000 trials the state holds 200 MB of them)."""
     return _load_generation(storage, name, gen_path, 0, use_final=False, text=text, keep=keep)
 
 
 _TRIAL_ID = re.compile(r'"trial_id": "([^"]+)"')
+_STATE_HEAD = re.compile(r'\s*\{\s*"trial_data"\s*:\s*\[')
+_SPACE = re.compile(r"\s*")
+_CHUNK = 1 << 20
+
+
+class _Shape(ValueError):
+    """A whole JSON file that is not shaped as Ray's experiment state (not a cut-off one)."""
+
+
+def _text_reader(source: Any) -> Callable[[int], str]:
+    """read(n) -> about n more characters ('' only at the end) of a str, of bytes or of a binary stream (UTF-8; a
+    character cut by the end of the stream raises UnicodeDecodeError, a ValueError)."""
+    import codecs
+
+    if isinstance(source, str):
+        at = 0
+
+        def read_str(n: int) -> str:
+            nonlocal at
+            at += n
+            return source[at - n:at]
+        return read_str
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view, offset = memoryview(source), 0
+
+        def next_bytes(n: int) -> bytes:
+            nonlocal offset
+            offset += n
+            return bytes(view[offset - n:offset])
+    else:
+        next_bytes = source.read
+    decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def read_text(n: int) -> str:
+        while True:
+            chunk = next_bytes(n)
+            text = decoder.decode(chunk, final=not chunk)
+            if text or not chunk:
+                return text
+    return read_text
+
+
+def state_entries(source: Any) -> Iterator[Any]:
+    """The entries of an experiment state's ``trial_data`` list, one at a time, read ``_CHUNK`` characters at a
+    time: at 10,000 trials the state is ~200 MB, and reading it whole (its bytes, its text, then every entry's
+    strings, all at once) cost the driver hundreds of MB at the end of a study. ``source``: a str, bytes or a
+    binary stream. Raises ValueError if the file is not whole JSON (cut off mid-write) -- also when that shows only
+    after the last entry -- and ``_Shape`` if it is JSON of another shape."""
+    read = _text_reader(source)
+    buf, at, eof = "", 0, False
+
+    def more() -> bool:  # append the next chunk, dropping what was read (``at`` moves with it); False at the end
+        nonlocal buf, at, eof
+        chunk = "" if eof else read(_CHUNK)
+        if not chunk:
+            eof = True
+            return False
+        buf, at = buf[at:] + chunk, 0
+        return True
+
+    def skip_space() -> None:  # past white space, reading on while it runs to the end of what is read
+        nonlocal at
+        at = _SPACE.match(buf, at).end()
+        while at == len(buf) and more():
+            at = _SPACE.match(buf, at).end()
+
+    while len(buf) < 64 and more():
+        pass
+    head = _STATE_HEAD.match(buf)
+    if head is None:  # not Ray's shape or key order: read it whole
+        parts = [buf]
+        while (chunk := "" if eof else read(_CHUNK)):
+            parts.append(chunk)
+        yield from _parsed_entries(json.loads("".join(parts)))
+        return
+    at = head.end()
+    decoder = json.JSONDecoder()
+    count = 0
+    while True:
+        skip_space()
+        if buf.startswith("]", at):
+            at += 1
+            break
+        if count:
+            if not buf.startswith(",", at):
+                raise ValueError(f"expected ',' or ']' after trial entry {count - 1}")
+            at += 1
+            skip_space()
+        while True:  # one entry, taken once something follows it (so a number or a name is known to be whole)
+            try:
+                entry, end = decoder.raw_decode(buf, at)
+            except ValueError:
+                if more():
+                    continue
+                raise
+            if _SPACE.match(buf, end).end() < len(buf) or not more():
+                break
+        at, count = end, count + 1
+        yield entry
+    parts = [buf[at:]]
+    while (chunk := "" if eof else read(_CHUNK)):
+        parts.append(chunk)
+    json.loads('{"trial_data": []' + "".join(parts))  # the rest (runner data, stats) must be whole JSON too
+
+
+def _parsed_entries(state: Any) -> Iterator[Any]:
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        raise _Shape("no 'trial_data' list at its top level")
+    yield from state["trial_data"]
 
 
 def _load_generation(storage: Storage, name: str, gen_path: str, generation: int, use_final: bool = True,
-                     text: Optional[str | bytes] = None, keep: Optional[Callable[[str], bool]] = None
+                     text: Any = None, keep: Optional[Callable[[str], bool]] = None
                      ) -> list[dict[str, Any]]:
     path = experiment_state_path(storage, name, gen_path)
     if path is None:
         return []
     final = _final_states(storage, name, path, gen_path) if use_final else {}
     where = storage.uri(*generation_parts(name, gen_path, path.rsplit("/", 1)[-1]))
+
+    def rows_from(source: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
+        try:
+            return _trial_rows(state_entries(source), final, gen_path, generation, keep)
+        except _Shape as exc:
+            return [], str(exc)
+
     try:
-        state = json.loads(storage.read_text(path) if text is None else text)
+        if text is None:
+            with storage.fs.open_input_stream(path) as f:
+                rows, problem = rows_from(f)
+        else:
+            rows, problem = rows_from(text)
     except ValueError as exc:
         state = _from_state_copy(storage, name, gen_path, path, where) if text is None else None
         if state is None:
             raise UserError(f"{where}: experiment state is unreadable ({type(exc).__name__}: {exc}); it may be "
                             "truncated, and adder-sweep has no copy of it; the per-trial folders are intact") from None
-    problem = _format_problem(state)
-    rows = []
-    for i, entry in enumerate([] if problem else state["trial_data"]):
+        rows, problem = rows_from(state)
+    if problem:
+        raise UserError(f"{where}: experiment state in a format this adder-sweep does not read ({problem}); it reads "
+                        f"the state of Ray {tested_ray_range()} -- is the study from another Ray version, or is "
+                        "the file damaged?")
+    return rows
+
+
+def _trial_rows(entries: Iterable[Any], final: dict, gen_path: str, generation: int,
+                keep: Optional[Callable[[str], bool]]) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """(one row per trial -- a packed trial's members each -- or [], the first problem or None) from the entries of
+    ``trial_data``; a ValueError of the entries' source (a cut file) goes through."""
+    rows: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            return [], f"trial entry {i} is not a pair of JSON texts"
         if keep is not None:
             found = _TRIAL_ID.search(entry[0][:1000])
             if found and not keep(found.group(1)):
@@ -150,14 +273,14 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
         try:
             t, rt = json.loads(entry[0]), json.loads(entry[1])
         except ValueError as exc:
-            problem = f"trial entry {i} is not JSON ({exc})"
-            break
+            return [], f"trial entry {i} is not JSON ({exc})"
         problem = _trial_problem(t, rt)
         if problem:
-            problem = f"trial entry {i}: {problem}"
-            break
+            return [], f"trial entry {i}: {problem}"
         status = final.get(t["trial_id"], t["status"])
         trial_dir = t.get("relative_logdir") or t.get("custom_dirname")
+        last = rt.get("last_result") or {}
+        last.pop("config", None)  # Ray's copy of the config, as in every report (see load_reports)
         row = {
             "trial_id": t["trial_id"],
             "ray_status": status,
@@ -165,7 +288,7 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
             "config": training_values(t["config"]),  # what the trial trained with
             "tune_config": t["config"],  # as Tune holds it: with the driver's hidden keys (_continues, ...)
             "dir": (f"{gen_path}/{trial_dir}" if gen_path else trial_dir) if trial_dir else None,
-            "last_result": rt.get("last_result") or {},
+            "last_result": last,
             "num_failures": rt.get("num_failures", 0),
             "error_file": rt.get("error_filename"),
             "generation": generation,
@@ -176,16 +299,11 @@ def _load_generation(storage: Storage, name: str, gen_path: str, generation: int
         try:
             rows += member_rows(row)
         except (TypeError, ValueError, AttributeError) as exc:
-            problem = f"trial entry {i}: a packed trial whose member list is unreadable ({exc})"
-            break
-    if problem:
-        raise UserError(f"{where}: experiment state in a format this adder-sweep does not read ({problem}); it reads "
-                        f"the state of Ray {tested_ray_range()} -- is the study from another Ray version, or is "
-                        "the file damaged?")
-    return rows
+            return [], f"trial entry {i}: a packed trial whose member list is unreadable ({exc})"
+    return rows, None
 
 
-def _from_state_copy(storage: Storage, name: str, gen_path: str, path: str, where: str) -> Optional[dict]:
+def _from_state_copy(storage: Storage, name: str, gen_path: str, path: str, where: str) -> Optional[str]:
     """The experiment state from adder-sweep's copy of it (orchestrator/studydir/state_copy.py) when Ray's file
     is cut off (a driver killed, or a disk filled, while Ray wrote it): read, said on stderr, nothing written --
     `resume` puts the copy back."""
@@ -198,7 +316,7 @@ def _from_state_copy(storage: Storage, name: str, gen_path: str, path: str, wher
         return None
     print(f"adder-sweep: {where} is cut off; read adder-sweep's copy of it, saved {copy['saved']} (the trials' "
           "newest reports are still read from their folders)", file=sys.stderr)
-    return json.loads(copy["text"])
+    return copy["text"]
 
 
 def member_rows(row: dict) -> list[dict]:
@@ -267,7 +385,9 @@ def error_line(text: str) -> str:
 
 
 def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, Any]]:
-    """Every report of one trial, in order, from its result.json (a truncated last line is skipped)."""
+    """Every report of one trial, in order, from its result.json (a truncated last line is skipped), without the
+    copy of the trial's config Ray writes into every line (``config``: half of a report's memory, read by nothing
+    -- the trial's config is in the experiment state)."""
     path = storage.join(name, trial_dir, "result.json")
     if not storage.exists(path):
         return []
@@ -277,9 +397,12 @@ def load_reports(storage: Storage, name: str, trial_dir: str) -> list[dict[str, 
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            report = json.loads(line)
         except ValueError:
             continue  # a line cut by a killed process
+        if isinstance(report, dict):
+            report.pop("config", None)
+            out.append(report)
     return out
 
 
@@ -293,6 +416,10 @@ SCORES = ("exact_acc", "digit_acc", "loss")  # final_*, best_*, best_*_iter colu
 METRIC_FIELDS = (("iter", "int64"), ("loss", "float64"), ("exact_acc", "float64"), ("digit_acc", "float64"),
                  ("lr", "float64"), ("time_s", "float64"), ("samples_per_s", "float64"), ("status", "string"),
                  ("time_total_s", "float64"), ("timestamp", "int64"))
+# the report keys tables_from reads (with every ``<score>@<length>`` key): the metrics columns, the scores, and
+# what a trials row takes from a trial's last report
+_TABLE_KEYS = frozenset([k for k, _ in METRIC_FIELDS] + list(SCORES) + ["iters_to_solve", "node", "hostname",
+                                                                          "device", "kernel"])
 
 
 def _arrow_type(tp: Any):
@@ -442,8 +569,14 @@ def _chain_reports(storage: Storage, name: str, chain: list[dict]) -> tuple[list
             seg = [t["last_result"]]  # trial folder missing or not yet flushed: fall back to Tune's copy
         if seg and _num(seg[-1].get("time_total_s")) is not None:
             wall = (wall or 0.0) + _num(seg[-1].get("time_total_s"))
-        reports += seg
+        reports += [_table_fields(r) for r in seg]
     return dedupe_reports(reports), wall
+
+
+def _table_fields(report: dict) -> dict:
+    """What tables_from reads of a report (all of a study's reports are held at once: at 10,000 trials, Ray's
+    other keys were ~60 MB)."""
+    return {k: v for k, v in report.items() if k in _TABLE_KEYS or "@" in k}
 
 
 def build_tables(storage: Storage, name: str):

@@ -12,7 +12,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Optional
 
 PACKAGES = ("adder-sweep", "torch", "ray", "pyarrow", "numpy", "pandas", "tensorboard", "pyyaml", "optuna", "matplotlib")
 
@@ -73,9 +73,11 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes) -> Path:
-    """Write a file so readers see the old or the new content, never a half-written one; ``more`` chunks follow
-    ``data`` (so a large file need not be joined in memory first)."""
+def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes, chunks: Iterable[bytes] = (),
+                 keep_if: Optional[Callable[[], bool]] = None) -> Optional[Path]:
+    """Write a file so readers see the old or the new content, never a half-written one; ``more`` chunks, then
+    those ``chunks`` yields, follow ``data`` (so a large file need not be held in memory). ``keep_if``: asked once
+    all is written; if it says False the new file is dropped, the old one kept, and None returned."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,6 +86,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes) -> Pa
             f.write(data.encode() if isinstance(data, str) else data)
             for chunk in more:
                 f.write(chunk)
+            for chunk in chunks:
+                f.write(chunk)
+        if keep_if is not None and not keep_if():
+            Path(tmp).unlink(missing_ok=True)
+            return None
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException as exc:

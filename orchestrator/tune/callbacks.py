@@ -293,20 +293,26 @@ def prune_finished_checkpoints(storage, name: str, gen_path: str = "", only: set
     what `resume` puts back if Ray's file was cut off), refreshed first."""
     from pyarrow.fs import FileSelector, FileType
 
-    from ..results.tables import snapshot_trials
-    from .state_copy import keep_state_copy
+    from contextlib import nullcontext
 
-    text = None
+    from ..results.tables import snapshot_trials
+    from .state_copy import keep_state_copy, open_state_copy
+
+    source = nullcontext()
     if storage.is_local:
         # decide from adder-sweep's copy, which is what `resume` restores if Ray's file is cut off
-        text, _ = keep_state_copy(storage, name, gen_path)
-        if text is None:
+        copy, _ = keep_state_copy(storage, name, gen_path)
+        if copy is None:
             return set()
+        source = open_state_copy(copy)
     done = set()
+
     def wanted(trial_id: str) -> bool:
         return trial_id not in skip and (only is None or trial_id in only)
 
-    for t in snapshot_trials(storage, name, gen_path, text=text, keep=wanted):
+    with source as stream:
+        trials = snapshot_trials(storage, name, gen_path, text=stream, keep=wanted)
+    for t in trials:
         if t["ray_status"] not in ("TERMINATED", "ERROR") or not t["dir"] or not wanted(t["trial_id"]):
             continue
         base = storage.join(name, t["dir"])
@@ -335,18 +341,19 @@ class CheckpointPruner(Callback):
         self.cost_share = COST_SHARE if cost_share is None else cost_share
         self.finished: set[str] = set()
         self.pruned: set[str] = set()
+        self.waiting: set[str] = set()  # finished - pruned, kept as they change (a difference per step costs O(trials))
         self._last = self._copied = time.monotonic()
         self._prune_cost = self._copy_cost = 0.0
         self._signature = None
         self._warned = False
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "finished": set(), "pruned": set(), "_last": 0.0, "_copied": 0.0, "_warned": False,
-                "_signature": None}
+        return {**self.__dict__, "finished": set(), "pruned": set(), "waiting": set(), "_last": 0.0, "_copied": 0.0,
+                "_warned": False, "_signature": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"_prune_cost": 0.0, "_copy_cost": 0.0, "_signature": None, "cost_share": COST_SHARE,
-                              **state})
+                              "waiting": set(), **state})
         self._last = self._copied = time.monotonic()
 
     @property
@@ -354,16 +361,20 @@ class CheckpointPruner(Callback):
         return f"gen-{self.generation}" if self.generation else ""
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished.add(trial.trial_id)
+        self._finish(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finished.add(trial.trial_id)
+        self._finish(trial.trial_id)
+
+    def _finish(self, trial_id: str) -> None:
+        self.finished.add(trial_id)
+        if trial_id not in self.pruned:
+            self.waiting.add(trial_id)
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
-        waiting = self.finished - self.pruned
-        if waiting and now - self._last >= max(self.every, self.cost_share * self._prune_cost):
-            self._prune(waiting)
+        if self.waiting and now - self._last >= max(self.every, self.cost_share * self._prune_cost):
+            self._prune(set(self.waiting))
         elif now - self._copied >= max(COPY_EVERY_S, self.cost_share * self._copy_cost):
             self._copy_state()
 
@@ -390,8 +401,10 @@ class CheckpointPruner(Callback):
 
         start = self._last = time.monotonic()
         try:
-            self.pruned |= prune_finished_checkpoints(Storage.open(self.storage_root), self.name, self._gen_path,
-                                                      only, skip=self.pruned)
+            done = prune_finished_checkpoints(Storage.open(self.storage_root), self.name, self._gen_path, only,
+                                              skip=self.pruned)
+            self.pruned |= done
+            self.waiting -= done
         except Exception as exc:  # storage trouble costs disk space, never the study
             self._warn(exc)
         self._prune_cost = time.monotonic() - start

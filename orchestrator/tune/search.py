@@ -33,16 +33,18 @@ def param_space(spec: StudySpec) -> dict:
 def make_scheduler(spec: StudySpec):
     from ray.tune import schedulers as S
 
+    from .schedulers import AshaScheduler, FifoScheduler, MedianScheduler
+
     s = dict(spec.scheduler)
     kind = s.pop("type")
     if kind == "fifo":
-        return S.FIFOScheduler()
+        return FifoScheduler()
     if kind == "asha":
-        return S.ASHAScheduler(time_attr="iter", **s)
+        return AshaScheduler(time_attr="iter", **s)
     if kind == "hyperband":
         return S.HyperBandScheduler(time_attr="iter", **s)
     if kind == "median":
-        return S.MedianStoppingRule(time_attr="iter", **s)
+        return MedianScheduler(time_attr="iter", **s)
     if kind == "pbt":
         muts = {k: tune_domain(Dist(*next(iter(v.items())))) for k, v in s.pop("hyperparam_mutations").items()}
         return S.PopulationBasedTraining(time_attr="iter", hyperparam_mutations=muts, **s)

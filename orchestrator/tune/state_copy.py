@@ -14,16 +14,20 @@ from typing import Optional
 
 from ..results.tables import experiment_state_path
 from ..studydir.state_copy import (SEARCH_COPY, SEARCH_STATE, STATE_COPY, pickle_is_complete,  # noqa: F401
-                                   read_state_copy, state_is_complete)
+                                   ray_state_ends_whole, read_state_copy, state_is_complete)
 from ..studydir.storage import Storage, generation_parts
 
 
 def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: Optional[tuple] = None
-                    ) -> tuple[Optional[bytes], Optional[tuple]]:
-    """Copy the newest experiment state to STATE_COPY (atomically) if it is complete. Returns (the copied bytes or
+                    ) -> tuple[Optional[str], Optional[tuple]]:
+    """Copy the newest experiment state to STATE_COPY (atomically) if it is complete. Returns (the copy's path or
     None, the state file's (name, size, mtime) that was copied). ``unchanged``: that signature from the previous
-    call -- a state Ray has not rewritten since is not read and written again. None bytes: object storage, no
-    state yet, unchanged, or caught mid-write (the previous copy stays)."""
+    call -- a state Ray has not rewritten since is not read and written again. None path: object storage, no
+    state yet, unchanged, or caught mid-write (the previous copy stays).
+
+    The state is streamed into the copy a MB at a time (at 10,000 trials it is ~200 MB: read whole, every copy
+    cost the driver that much again), checked whole by its first and last bytes, and kept only if Ray did not
+    rewrite it meanwhile (same size and mtime after as before)."""
     if not storage.is_local:
         return None, None
     path = experiment_state_path(storage, name, gen_path)
@@ -33,16 +37,49 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
     signature = (path, info.size, info.mtime_ns)
     if signature == unchanged:
         return None, signature
-    try:
+    ends = {"head": b"", "tail": b""}
+
+    def chunks():
         with storage.fs.open_input_stream(path) as f:
-            data = f.read()
-    except OSError:
+            while chunk := f.read(_CHUNK):
+                if len(ends["head"]) < 64:
+                    ends["head"] += chunk[:64]
+                ends["tail"] = (ends["tail"] + chunk)[-4096:]
+                yield chunk
+
+    def whole_and_unchanged() -> bool:
+        after = storage.fs.get_file_info(path)
+        if (after.size, after.mtime_ns) != (info.size, info.mtime_ns):
+            return False
+        if ray_state_ends_whole(ends["head"], ends["tail"]):  # Ray's shape, checked by its last bytes
+            return True
+        from ..results.tables import state_entries
+
+        try:  # cut off, or another shape: parsed to know (a chunk at a time)
+            with storage.fs.open_input_stream(path) as f:
+                for _ in state_entries(f):
+                    pass
+        except ValueError:  # cut off, or not an experiment state
+            return False
+        return True
+    try:
+        copied = _write_copy(storage, name, gen_path, STATE_COPY, path, chunks=chunks(), keep_if=whole_and_unchanged)
+    except FileNotFoundError:
+        return None, unchanged  # replaced by a newer state while read
+    if copied is None:
         return None, unchanged
-    if not state_is_complete(data):
-        return None, unchanged
-    _write_copy(storage, name, gen_path, STATE_COPY, path, data)
     _keep_search_copy(storage, name, gen_path, path)
-    return data, signature
+    return copied, signature
+
+
+def open_state_copy(path: str):
+    """A binary stream of the experiment state held in adder-sweep's copy at ``path`` (past its header line)."""
+    f = open(path, "rb")
+    f.readline()
+    return f
+
+
+_CHUNK = 1 << 20
 
 
 def _keep_search_copy(storage: Storage, name: str, gen_path: str, state_path: str) -> None:
@@ -59,9 +96,13 @@ def _keep_search_copy(storage: Storage, name: str, gen_path: str, state_path: st
         _write_copy(storage, name, gen_path, SEARCH_COPY, searcher, data)
 
 
-def _write_copy(storage: Storage, name: str, gen_path: str, copy_name: str, source: str, data: bytes) -> None:
-    """One of adder-sweep's copies, atomically: a line of JSON (the source file's name, when), then its bytes."""
+def _write_copy(storage: Storage, name: str, gen_path: str, copy_name: str, source: str, data: bytes = b"",
+                **streamed) -> Optional[str]:
+    """One of adder-sweep's copies, atomically: a line of JSON (the source file's name, when), then its bytes
+    (``data``, or ``chunks`` -- see write_atomic, also for ``keep_if``). Returns the copy's path, or None if
+    ``keep_if`` refused it."""
     from ..studydir.records import write_atomic
 
     meta = json.dumps({"file": source.rsplit("/", 1)[-1], "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_atomic(storage.join(*generation_parts(name, gen_path, copy_name)), meta.encode() + b"\n", data)
+    target = storage.join(*generation_parts(name, gen_path, copy_name))
+    return target if write_atomic(target, meta.encode() + b"\n", data, **streamed) is not None else None
