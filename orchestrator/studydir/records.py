@@ -74,10 +74,11 @@ def _umask_mode() -> int:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes, chunks: Iterable[bytes] = (),
-                 keep_if: Optional[Callable[[], bool]] = None) -> Optional[Path]:
+                 keep_if: Optional[Callable[[Path], bool]] = None) -> Optional[Path]:
     """Write a file so readers see the old or the new content, never a half-written one; ``more`` chunks, then
-    those ``chunks`` yields, follow ``data`` (so a large file need not be held in memory). ``keep_if``: asked once
-    all is written; if it says False the new file is dropped, the old one kept, and None returned."""
+    those ``chunks`` yields, follow ``data`` (so a large file need not be held in memory). ``keep_if``: given the new
+    file (still under a temporary name) once all is written; if it says False, that file is dropped, the old one
+    kept, and None returned."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,7 +89,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *more: bytes, chunk
                 f.write(chunk)
             for chunk in chunks:
                 f.write(chunk)
-        if keep_if is not None and not keep_if():
+        if keep_if is not None and not keep_if(Path(tmp)):
             Path(tmp).unlink(missing_ok=True)
             return None
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file ordinary permissions

@@ -47,7 +47,7 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
                 ends["tail"] = (ends["tail"] + chunk)[-4096:]
                 yield chunk
 
-    def whole_and_unchanged() -> bool:
+    def whole_and_unchanged(written) -> bool:
         after = storage.fs.get_file_info(path)
         if (after.size, after.mtime_ns) != (info.size, info.mtime_ns):
             return False
@@ -55,8 +55,8 @@ def keep_state_copy(storage: Storage, name: str, gen_path: str = "", unchanged: 
             return True
         from ..results.tables import state_entries
 
-        try:  # cut off, or another shape: parsed to know (a chunk at a time)
-            with storage.fs.open_input_stream(path) as f:
+        try:  # cut off, or another shape: the copy just written is parsed to know (a chunk at a time)
+            with open_state_copy(written) as f:
                 for _ in state_entries(f):
                     pass
         except ValueError:  # cut off, or not an experiment state
