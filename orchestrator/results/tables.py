@@ -7,6 +7,7 @@ whose config names its predecessor (``_continues``); the tables join them into o
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -135,20 +136,12 @@ def _text_reader(source: Any) -> Callable[[int], str]:
             at += n
             return source[at - n:at]
         return read_str
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        view, offset = memoryview(source), 0
-
-        def next_bytes(n: int) -> bytes:
-            nonlocal offset
-            offset += n
-            return bytes(view[offset - n:offset])
-    else:
-        next_bytes = source.read
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     decoder = codecs.getincrementaldecoder("utf-8")()
 
     def read_text(n: int) -> str:
         while True:
-            chunk = next_bytes(n)
+            chunk = stream.read(n)
             text = decoder.decode(chunk, final=not chunk)
             if text or not chunk:
                 return text
@@ -179,14 +172,17 @@ def state_entries(source: Any) -> Iterator[Any]:
         while at == len(buf) and more():
             at = _SPACE.match(buf, at).end()
 
+    def rest() -> str:  # what is left unread, whole
+        parts = [buf[at:]]
+        while chunk := "" if eof else read(_CHUNK):
+            parts.append(chunk)
+        return "".join(parts)
+
     while len(buf) < 64 and more():
         pass
     head = _STATE_HEAD.match(buf)
     if head is None:  # not Ray's shape or key order: read it whole
-        parts = [buf]
-        while (chunk := "" if eof else read(_CHUNK)):
-            parts.append(chunk)
-        yield from _parsed_entries(json.loads("".join(parts)))
+        yield from _parsed_entries(json.loads(rest()))
         return
     at = head.end()
     decoder = json.JSONDecoder()
@@ -212,10 +208,7 @@ def state_entries(source: Any) -> Iterator[Any]:
                 break
         at, count = end, count + 1
         yield entry
-    parts = [buf[at:]]
-    while (chunk := "" if eof else read(_CHUNK)):
-        parts.append(chunk)
-    json.loads('{"trial_data": []' + "".join(parts))  # the rest (runner data, stats) must be whole JSON too
+    json.loads('{"trial_data": []' + rest())  # the rest (runner data, stats) must be whole JSON too
 
 
 def _parsed_entries(state: Any) -> Iterator[Any]:
